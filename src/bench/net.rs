@@ -1,0 +1,101 @@
+//! Opening many connections: resolve once, spread over loopback source
+//! addresses and turn the errors that end a large run into plain advice.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::time::Duration;
+
+use anyhow::{Context, Result, anyhow, bail};
+use tokio::net::{TcpSocket, TcpStream};
+
+/// Connections per loopback source address when the user does not say: one
+/// address has ~28k ephemeral ports, so stay well below.
+pub const CONNS_PER_SOURCE: usize = 20_000;
+
+pub struct Connector {
+    pub server: SocketAddr,
+    /// Source addresses to bind before connecting; empty = let the kernel pick.
+    sources: Vec<Ipv4Addr>,
+    timeout: Duration,
+}
+
+impl Connector {
+    /// `sources`: how many addresses 127.0.0.1, 127.0.0.2, ... to spread over.
+    /// Binding only makes sense toward a loopback server; one address with
+    /// no explicit request is left to the kernel (it then also picks ports).
+    pub async fn new(
+        addr: &str,
+        sources: usize,
+        explicit: bool,
+        timeout: Duration,
+    ) -> Result<Self> {
+        let server = tokio::net::lookup_host(addr)
+            .await
+            .with_context(|| format!("cannot resolve {addr}"))?
+            .min_by_key(|a| !a.is_ipv4())
+            .ok_or_else(|| anyhow!("{addr} resolves to no address"))?;
+        let loopback_v4 = matches!(server.ip(), IpAddr::V4(ip) if ip.is_loopback());
+        let sources = if loopback_v4 && (sources > 1 || explicit) {
+            (0..sources.max(1))
+                .map(|i| Ipv4Addr::from(0x7f00_0001u32 + i as u32))
+                .collect()
+        } else {
+            if sources > 1 {
+                eprintln!(
+                    "bench: {server} is not an IPv4 loopback address: not binding source addresses"
+                );
+            }
+            Vec::new()
+        };
+        Ok(Connector {
+            server,
+            sources,
+            timeout,
+        })
+    }
+
+    pub fn source_count(&self) -> usize {
+        self.sources.len().max(1)
+    }
+
+    /// Connects connection number `index` (round-robin over the sources).
+    pub async fn connect(&self, index: usize) -> Result<TcpStream> {
+        let source = (!self.sources.is_empty()).then(|| self.sources[index % self.sources.len()]);
+        let attempt = async {
+            let sock = TcpSocket::new_v4().or_else(|e| match self.server {
+                SocketAddr::V6(_) => TcpSocket::new_v6(),
+                SocketAddr::V4(_) => Err(e),
+            })?;
+            if let Some(ip) = source {
+                sock.bind(SocketAddr::new(IpAddr::V4(ip), 0))?;
+            }
+            let stream = sock.connect(self.server).await?;
+            stream.set_nodelay(true)?;
+            Ok::<_, std::io::Error>(stream)
+        };
+        match tokio::time::timeout(self.timeout, attempt).await {
+            Ok(Ok(s)) => Ok(s),
+            Ok(Err(e)) => Err(explain(e, source, self.server)),
+            Err(_) => bail!(
+                "connecting to {} timed out after {:?} (server overloaded or its accept backlog full?)",
+                self.server,
+                self.timeout
+            ),
+        }
+    }
+}
+
+/// Adds the likely cause and the fix to the errors that stop big runs.
+fn explain(e: std::io::Error, source: Option<Ipv4Addr>, server: SocketAddr) -> anyhow::Error {
+    match e.raw_os_error() {
+        Some(libc::EMFILE) | Some(libc::ENFILE) => anyhow!(
+            "out of file descriptors ({e}): the open-file limit (RLIMIT_NOFILE) of this process \
+             stops it; use fewer connections or raise the hard limit"
+        ),
+        Some(libc::EADDRNOTAVAIL) | Some(libc::EADDRINUSE) => anyhow!(
+            "no free local port on {} ({e}): spread over more addresses with --source-addrs",
+            source.map_or_else(|| "the default source address".into(), |s| s.to_string())
+        ),
+        Some(libc::ECONNREFUSED) => anyhow!("{server} refused the connection: is the server running?"),
+        _ => anyhow!("connecting to {server}: {e}"),
+    }
+}

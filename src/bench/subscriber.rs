@@ -1,0 +1,200 @@
+//! One subscriber connection: subscribe, then read pushes until told to stop,
+//! checking sequence numbers and recording latencies.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::anyhow;
+use bytes::{Buf, BytesMut};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::{Semaphore, mpsc, watch};
+
+use super::net::Connector;
+use super::payload;
+use super::report::Latencies;
+use super::targets::{self, Dialect, Frame};
+
+/// State shared by all subscribers and watched by the orchestrator.
+pub struct Shared {
+    /// The instant all send times are measured from (same process).
+    pub start: Instant,
+    /// Messages received by all subscribers together: drain progress.
+    pub delivered: AtomicU64,
+    /// Subscriber tasks still running.
+    pub alive: AtomicUsize,
+    pub latencies: Latencies,
+}
+
+impl Shared {
+    pub fn now_ns(&self) -> u64 {
+        self.start.elapsed().as_nanos() as u64
+    }
+}
+
+/// What every subscriber needs to know.
+pub struct Plan {
+    pub dialect: Dialect,
+    pub channels: usize,
+    pub publishers: usize,
+    /// Read buffer size: large for few subscribers (fewer syscalls), small
+    /// for many (memory).
+    pub buf_cap: usize,
+    pub timeout: Duration,
+}
+
+/// One subscriber's findings.
+#[derive(Debug, Default)]
+pub struct Stats {
+    pub received: u64,
+    /// Messages skipped over in a (publisher, channel) sequence when seen.
+    pub gaps: u64,
+    /// Messages older than one already seen from the same publisher.
+    pub reordered: u64,
+    /// Payloads without a valid bench header.
+    pub corrupt: u64,
+    /// Time of the last delivery, ns since `Shared::start`.
+    pub last_ns: u64,
+    /// Why the connection ended early, if it did.
+    pub error: Option<String>,
+}
+
+/// Decrements `alive` however the task ends (including abort).
+struct AliveGuard(Arc<Shared>);
+
+impl Drop for AliveGuard {
+    fn drop(&mut self) {
+        self.0.alive.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Runs subscriber `index` on channel `index % channels`. Setup is gated by
+/// `gate` (bounded concurrent handshakes, so that the server's accept backlog
+/// is not overrun), its outcome goes to `ready`, then it reads until `stop`.
+pub async fn run(
+    index: usize,
+    plan: Arc<Plan>,
+    conn: Arc<Connector>,
+    shared: Arc<Shared>,
+    gate: Arc<Semaphore>,
+    ready: mpsc::UnboundedSender<Result<(), String>>,
+    mut stop: watch::Receiver<bool>,
+) -> Stats {
+    let _alive = AliveGuard(shared.clone());
+    let channel = targets::channel_name(index % plan.channels);
+    let setup = async {
+        let _permit = gate
+            .acquire()
+            .await
+            .map_err(|_| anyhow!("setup cancelled"))?;
+        let mut stream = conn.connect(index).await?;
+        let mut buf = BytesMut::with_capacity(plan.buf_cap);
+        tokio::time::timeout(
+            plan.timeout,
+            targets::subscribe(&mut stream, &mut buf, plan.dialect, &channel),
+        )
+        .await
+        .map_err(|_| anyhow!("no subscribe confirmation within {:?}", plan.timeout))??;
+        anyhow::Ok((stream, buf))
+    };
+    let (mut stream, mut buf) = match setup.await {
+        Ok(s) => {
+            let _ = ready.send(Ok(()));
+            s
+        }
+        Err(e) => {
+            let msg = format!("subscriber {index} on {channel}: {e:#}");
+            let _ = ready.send(Err(msg.clone()));
+            return Stats {
+                error: Some(msg),
+                ..Stats::default()
+            };
+        }
+    };
+    drop(ready);
+
+    let mut st = Stats::default();
+    // Next expected sequence number per publisher (this connection has one channel).
+    let mut next_seq = vec![0u64; plan.publishers];
+    let mut lat: Vec<u64> = Vec::with_capacity(1024);
+    let spare = (plan.buf_cap / 2).max(1024);
+    loop {
+        buf.reserve(spare);
+        let read = tokio::select! {
+            biased;
+            _ = stop.changed() => break,
+            r = stream.read_buf(&mut buf) => r,
+        };
+        match read {
+            Ok(0) => {
+                st.error = Some("server closed the connection".into());
+                break;
+            }
+            Err(e) => {
+                st.error = Some(format!("read: {e}"));
+                break;
+            }
+            Ok(_) => {}
+        }
+        // One clock read per batch: every message in it arrived by now.
+        let now = shared.now_ns();
+        let mut used = 0;
+        let mut got = 0u64;
+        let mut ping = false;
+        loop {
+            match targets::next_frame(plan.dialect, &buf[used..]) {
+                Ok(Some((frame, n))) => {
+                    used += n;
+                    match frame {
+                        Frame::Message(p) => {
+                            got += 1;
+                            let Some(h) = payload::read(p) else {
+                                st.corrupt += 1;
+                                continue;
+                            };
+                            let Some(next) = next_seq.get_mut(h.publisher as usize) else {
+                                st.corrupt += 1;
+                                continue;
+                            };
+                            if h.seq == *next {
+                                *next += 1;
+                            } else if h.seq > *next {
+                                st.gaps += h.seq - *next;
+                                *next = h.seq + 1;
+                            } else {
+                                st.reordered += 1;
+                            }
+                            lat.push(now.saturating_sub(h.sent_ns));
+                        }
+                        Frame::Ping => ping = true,
+                        Frame::Error(e) => {
+                            st.error = Some(format!("server said {:?}", String::from_utf8_lossy(e)));
+                        }
+                        _ => {}
+                    }
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    st.error = Some(format!("protocol: {e:#}"));
+                    break;
+                }
+            }
+        }
+        buf.advance(used);
+        if got > 0 {
+            st.received += got;
+            st.last_ns = now;
+            shared.delivered.fetch_add(got, Ordering::Relaxed);
+            shared.latencies.record(index, &lat);
+            lat.clear();
+        }
+        if st.error.is_some() {
+            break;
+        }
+        if ping && let Err(e) = stream.write_all(b"PONG\r\n").await {
+            st.error = Some(format!("write: {e}"));
+            break;
+        }
+    }
+    st
+}

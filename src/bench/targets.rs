@@ -1,0 +1,478 @@
+//! The wire dialects the bench speaks: crier (v2 pushes), Redis (RESP2) and
+//! NATS. Each has a small incremental parser over a `BytesMut` and the request
+//! encoders, so one generic subscriber / publisher loop drives all three.
+//!
+//! Parsers borrow from the read buffer and never allocate on the happy path:
+//! a read of 64 KiB may hold hundreds of frames and all are handled before the
+//! buffer is advanced once.
+
+use anyhow::{Context, Result, bail};
+use bytes::{Buf, BufMut, BytesMut};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use super::payload::{self, Header};
+
+/// Which server the bench measures (`--target`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Target {
+    Crier,
+    Redis,
+    Nats,
+}
+
+impl Target {
+    /// The address the target listens on out of the box.
+    pub fn default_addr(self) -> &'static str {
+        match self {
+            Target::Crier => "127.0.0.1:7070",
+            Target::Redis => "127.0.0.1:6379",
+            Target::Nats => "127.0.0.1:4222",
+        }
+    }
+
+    pub fn dialect(self) -> Dialect {
+        match self {
+            Target::Crier => Dialect::Crier,
+            Target::Redis => Dialect::Resp,
+            Target::Nats => Dialect::Nats,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Target::Crier => "crier",
+            Target::Redis => "redis",
+            Target::Nats => "nats",
+        }
+    }
+}
+
+/// A wire protocol. Distinct from [`Target`] because crier with a Redis
+/// backend may be published to over RESP (`--publish-redis`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dialect {
+    Crier,
+    Resp,
+    Nats,
+}
+
+/// One frame from a server, as far as the bench cares.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Frame<'a> {
+    /// A delivered message's payload.
+    Message(&'a [u8]),
+    /// A positive reply to one command: crier `CONFIRMED`, Redis `:n` to
+    /// PUBLISH or the `subscribe` acknowledgement.
+    Ack,
+    Pong,
+    /// The server pings us (NATS): it must be answered with `PONG`.
+    Ping,
+    /// NATS's greeting.
+    Info,
+    /// An error reply or notice (`ERR ...`, `-ERR ...`).
+    Error(&'a [u8]),
+    /// Anything else (`+OK`, unknown lines): ignored.
+    Other,
+}
+
+/// A header line longer than this without a line end means the peer is not
+/// speaking the dialect we think (or is broken): give up rather than buffer.
+const MAX_LINE: usize = 64 * 1024;
+
+/// Parses the frame at the start of `buf`: `Ok(None)` when more bytes are
+/// needed, otherwise the frame and how many bytes it took.
+pub fn next_frame(d: Dialect, buf: &[u8]) -> Result<Option<(Frame<'_>, usize)>> {
+    match d {
+        Dialect::Crier => crier_frame(buf),
+        Dialect::Resp => resp_frame(buf),
+        Dialect::Nats => nats_frame(buf),
+    }
+}
+
+/// The line starting at `pos` (without its CRLF / LF) and the offset after it.
+fn line_at(buf: &[u8], pos: usize) -> Result<Option<(&[u8], usize)>> {
+    let rest = &buf[pos..];
+    match rest.iter().position(|&b| b == b'\n') {
+        Some(rel) => {
+            let end = pos + rel;
+            let line = match rest[..rel].last() {
+                Some(b'\r') => &buf[pos..end - 1],
+                _ => &buf[pos..end],
+            };
+            Ok(Some((line, end + 1)))
+        }
+        None if rest.len() > MAX_LINE => bail!("no line end within {MAX_LINE} bytes"),
+        None => Ok(None),
+    }
+}
+
+fn parse_len(s: &[u8]) -> Option<usize> {
+    if s.is_empty() || s.len() > 15 {
+        return None;
+    }
+    s.iter().try_fold(0usize, |n, &c| {
+        c.is_ascii_digit()
+            .then(|| n * 10 + usize::from(c - b'0'))
+    })
+}
+
+/// The length in the last space-separated word of a header line.
+fn trailing_len(line: &[u8]) -> Result<usize> {
+    let word = line.rsplit(|&b| b == b' ').next().unwrap_or(line);
+    parse_len(word).with_context(|| format!("bad length in {:?}", String::from_utf8_lossy(line)))
+}
+
+/// `n` payload bytes then CRLF, starting at `start`.
+fn payload_at(buf: &[u8], start: usize, n: usize) -> Result<Option<(&[u8], usize)>> {
+    let end = start + n;
+    if buf.len() < end + 2 {
+        return Ok(None);
+    }
+    if &buf[end..end + 2] != b"\r\n" {
+        bail!("payload of {n} bytes not followed by CRLF");
+    }
+    Ok(Some((&buf[start..end], end + 2)))
+}
+
+fn crier_frame(buf: &[u8]) -> Result<Option<(Frame<'_>, usize)>> {
+    let Some((line, next)) = line_at(buf, 0)? else {
+        return Ok(None);
+    };
+    if line.starts_with(b"MESSAGE ") || line.starts_with(b"PMESSAGE ") {
+        let n = trailing_len(line)?;
+        return Ok(payload_at(buf, next, n)?.map(|(p, used)| (Frame::Message(p), used)));
+    }
+    let frame = match line {
+        b"CONFIRMED" | b"ALREADY SUBSCRIBED" => Frame::Ack,
+        b"PONG" => Frame::Pong,
+        l if l.starts_with(b"ERR") => Frame::Error(l),
+        _ => Frame::Other,
+    };
+    Ok(Some((frame, next)))
+}
+
+fn nats_frame(buf: &[u8]) -> Result<Option<(Frame<'_>, usize)>> {
+    let Some((line, next)) = line_at(buf, 0)? else {
+        return Ok(None);
+    };
+    if line.starts_with(b"MSG ") {
+        let n = trailing_len(line)?;
+        return Ok(payload_at(buf, next, n)?.map(|(p, used)| (Frame::Message(p), used)));
+    }
+    let frame = match line {
+        b"PING" => Frame::Ping,
+        b"PONG" => Frame::Pong,
+        l if l.starts_with(b"INFO") => Frame::Info,
+        l if l.starts_with(b"-ERR") => Frame::Error(l),
+        _ => Frame::Other,
+    };
+    Ok(Some((frame, next)))
+}
+
+/// A RESP2 value that is not an array.
+#[derive(Debug, Clone, Copy)]
+enum Item<'a> {
+    Bulk(&'a [u8]),
+    Int,
+    Simple(&'a [u8]),
+    Error(&'a [u8]),
+    Nil,
+}
+
+fn resp_item(buf: &[u8], pos: usize) -> Result<Option<(Item<'_>, usize)>> {
+    let Some((line, next)) = line_at(buf, pos)? else {
+        return Ok(None);
+    };
+    let Some((&kind, rest)) = line.split_first() else {
+        bail!("empty RESP line");
+    };
+    Ok(match kind {
+        b'$' if rest == b"-1" => Some((Item::Nil, next)),
+        b'$' => {
+            let n = parse_len(rest).context("bad RESP bulk length")?;
+            payload_at(buf, next, n)?.map(|(p, used)| (Item::Bulk(p), used))
+        }
+        b':' => Some((Item::Int, next)),
+        b'+' => Some((Item::Simple(rest), next)),
+        b'-' => Some((Item::Error(line), next)),
+        _ => bail!("unexpected RESP type byte {kind:#04x}"),
+    })
+}
+
+fn resp_frame(buf: &[u8]) -> Result<Option<(Frame<'_>, usize)>> {
+    if buf.first() != Some(&b'*') {
+        if buf.is_empty() {
+            return Ok(None);
+        }
+        return Ok(resp_item(buf, 0)?.map(|(item, used)| {
+            let frame = match item {
+                Item::Int => Frame::Ack,
+                Item::Error(e) => Frame::Error(e),
+                Item::Simple(s) if s.eq_ignore_ascii_case(b"PONG") => Frame::Pong,
+                _ => Frame::Other,
+            };
+            (frame, used)
+        }));
+    }
+    let Some((line, mut pos)) = line_at(buf, 0)? else {
+        return Ok(None);
+    };
+    let n = parse_len(&line[1..]).context("bad RESP array length")?;
+    if n > 4 {
+        bail!("unexpected RESP array of {n} items");
+    }
+    let mut items = [Item::Nil; 4];
+    for slot in items.iter_mut().take(n) {
+        let Some((item, used)) = resp_item(buf, pos)? else {
+            return Ok(None);
+        };
+        *slot = item;
+        pos = used;
+    }
+    let frame = match (n, items[0]) {
+        (3, Item::Bulk(k)) if k == b"message" => match items[2] {
+            Item::Bulk(p) => Frame::Message(p),
+            _ => bail!("RESP message without a bulk payload"),
+        },
+        (4, Item::Bulk(k)) if k == b"pmessage" => match items[3] {
+            Item::Bulk(p) => Frame::Message(p),
+            _ => bail!("RESP pmessage without a bulk payload"),
+        },
+        (_, Item::Bulk(k)) if k == b"subscribe" || k == b"psubscribe" => Frame::Ack,
+        (_, Item::Bulk(k)) if k == b"pong" => Frame::Pong,
+        _ => Frame::Other,
+    };
+    Ok(Some((frame, pos)))
+}
+
+/// Appends a RESP array of bulk strings (a Redis command) to `out`.
+fn resp_command(out: &mut Vec<u8>, words: &[&[u8]]) {
+    out.extend_from_slice(format!("*{}\r\n", words.len()).as_bytes());
+    for w in words {
+        out.extend_from_slice(format!("${}\r\n", w.len()).as_bytes());
+        out.extend_from_slice(w);
+        out.extend_from_slice(b"\r\n");
+    }
+}
+
+/// The bench's channel (NATS subject) names.
+pub fn channel_name(i: usize) -> String {
+    format!("bench.{i}")
+}
+
+/// What `expect` waits for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Want {
+    Ack,
+    Pong,
+    Info,
+}
+
+/// Reads until `count` frames of kind `want` arrived. Server pings are
+/// answered, error replies fail. Callers bound it with a timeout.
+pub async fn expect(
+    stream: &mut TcpStream,
+    buf: &mut BytesMut,
+    d: Dialect,
+    want: Want,
+    mut count: usize,
+) -> Result<()> {
+    while count > 0 {
+        let mut used = 0;
+        let mut ping = false;
+        while count > 0 {
+            let Some((frame, n)) = next_frame(d, &buf[used..])? else {
+                break;
+            };
+            used += n;
+            match frame {
+                Frame::Ack if want == Want::Ack => count -= 1,
+                Frame::Pong if want == Want::Pong => count -= 1,
+                Frame::Info if want == Want::Info => count -= 1,
+                Frame::Ping => ping = true,
+                Frame::Error(e) => bail!("server replied {:?}", String::from_utf8_lossy(e)),
+                _ => {}
+            }
+        }
+        buf.advance(used);
+        if ping {
+            stream.write_all(b"PONG\r\n").await?;
+        }
+        if count > 0 {
+            buf.reserve(4096);
+            if stream.read_buf(buf).await? == 0 {
+                bail!("server closed the connection during the handshake");
+            }
+        }
+    }
+    Ok(())
+}
+
+const NATS_CONNECT: &[u8] = b"CONNECT {\"verbose\":false,\"pedantic\":false}\r\n";
+
+/// Subscribes a fresh connection to `channel` and returns once the server
+/// has confirmed it, so that every message published afterwards must arrive.
+pub async fn subscribe(
+    stream: &mut TcpStream,
+    buf: &mut BytesMut,
+    d: Dialect,
+    channel: &str,
+) -> Result<()> {
+    let mut req = Vec::with_capacity(128);
+    match d {
+        Dialect::Crier => {
+            req.extend_from_slice(format!("HELLO 2\r\nSUBSCRIBE {channel}\r\n").as_bytes());
+            stream.write_all(&req).await?;
+            expect(stream, buf, d, Want::Ack, 2).await
+        }
+        Dialect::Resp => {
+            resp_command(&mut req, &[b"SUBSCRIBE", channel.as_bytes()]);
+            stream.write_all(&req).await?;
+            expect(stream, buf, d, Want::Ack, 1).await
+        }
+        Dialect::Nats => {
+            expect(stream, buf, d, Want::Info, 1).await?;
+            req.extend_from_slice(NATS_CONNECT);
+            // The PONG to this PING proves the SUB before it was processed.
+            req.extend_from_slice(format!("SUB {channel} 1\r\nPING\r\n").as_bytes());
+            stream.write_all(&req).await?;
+            expect(stream, buf, d, Want::Pong, 1).await
+        }
+    }
+}
+
+/// Readies a publisher connection and checks the server answers on it.
+pub async fn publisher_hello(stream: &mut TcpStream, buf: &mut BytesMut, d: Dialect) -> Result<()> {
+    match d {
+        Dialect::Crier => stream.write_all(b"PING\r\n").await?,
+        Dialect::Resp => stream.write_all(b"*1\r\n$4\r\nPING\r\n").await?,
+        Dialect::Nats => {
+            expect(stream, buf, d, Want::Info, 1).await?;
+            let mut req = NATS_CONNECT.to_vec();
+            req.extend_from_slice(b"PING\r\n");
+            stream.write_all(&req).await?;
+        }
+    }
+    expect(stream, buf, d, Want::Pong, 1).await
+}
+
+/// Encodes publish requests: the per-channel prefix is computed once, so a
+/// message costs two memcpys and 40 hex digits.
+pub struct Encoder {
+    prefixes: Vec<Box<[u8]>>,
+    size: usize,
+}
+
+impl Encoder {
+    pub fn new(d: Dialect, channels: usize, size: usize) -> Self {
+        let prefixes = (0..channels)
+            .map(|i| {
+                let ch = channel_name(i);
+                let p = match d {
+                    Dialect::Crier => format!("PUBLISH {ch} "),
+                    Dialect::Resp => format!(
+                        "*3\r\n$7\r\nPUBLISH\r\n${}\r\n{ch}\r\n${size}\r\n",
+                        ch.len()
+                    ),
+                    Dialect::Nats => format!("PUB {ch} {size}\r\n"),
+                };
+                p.into_bytes().into_boxed_slice()
+            })
+            .collect();
+        Encoder { prefixes, size }
+    }
+
+    /// Appends one publish request for `channel` to `out`.
+    pub fn encode(&self, out: &mut BytesMut, channel: usize, h: Header) {
+        out.put_slice(&self.prefixes[channel]);
+        payload::write(out, h, self.size);
+        out.put_slice(b"\r\n");
+    }
+
+    /// Bytes of the longest request, to size write batches.
+    pub fn max_request_len(&self) -> usize {
+        self.prefixes.iter().map(|p| p.len()).max().unwrap_or(0) + self.size + 2
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn all(d: Dialect, mut buf: &[u8]) -> Vec<Frame<'_>> {
+        let mut out = Vec::new();
+        while let Some((f, n)) = next_frame(d, buf).expect("parse") {
+            out.push(f);
+            buf = &buf[n..];
+        }
+        out
+    }
+
+    #[test]
+    fn crier_pushes_and_replies() {
+        let b = b"CONFIRMED\r\nMESSAGE bench.0 5\r\nab\r\nc\r\nERR slow consumer\r\nMESSAGE x 3\r\nab";
+        assert_eq!(
+            all(Dialect::Crier, b),
+            vec![
+                Frame::Ack,
+                Frame::Message(b"ab\r\nc"),
+                Frame::Error(b"ERR slow consumer")
+            ]
+        );
+        assert!(next_frame(Dialect::Crier, b"MESSAGE x 3\r\nabcXY").is_err());
+    }
+
+    #[test]
+    fn resp_pushes_and_replies() {
+        let b = b"*3\r\n$9\r\nsubscribe\r\n$7\r\nbench.0\r\n:1\r\n\
+                  *3\r\n$7\r\nmessage\r\n$7\r\nbench.0\r\n$4\r\nhi\r\n\r\n\
+                  :3\r\n-ERR nope\r\n+PONG\r\n*3\r\n$7\r\nmessage\r\n$1\r\nc\r\n$9\r\nab";
+        assert_eq!(
+            all(Dialect::Resp, b),
+            vec![
+                Frame::Ack,
+                Frame::Message(b"hi\r\n"),
+                Frame::Ack,
+                Frame::Error(b"-ERR nope"),
+                Frame::Pong
+            ]
+        );
+    }
+
+    #[test]
+    fn nats_frames() {
+        let b = b"INFO {\"x\":1}\r\n+OK\r\nPING\r\nMSG bench.1 1 4\r\nabcd\r\nMSG a 1 r 2\r\nxy\r\nPONG\r\n-ERR 'Slow Consumer'\r\nMSG a 1 9\r\n";
+        assert_eq!(
+            all(Dialect::Nats, b),
+            vec![
+                Frame::Info,
+                Frame::Other,
+                Frame::Ping,
+                Frame::Message(b"abcd"),
+                Frame::Message(b"xy"),
+                Frame::Pong,
+                Frame::Error(b"-ERR 'Slow Consumer'")
+            ]
+        );
+    }
+
+    #[test]
+    fn encoders() {
+        let h = Header {
+            publisher: 1,
+            seq: 2,
+            sent_ns: 3,
+        };
+        for d in [Dialect::Crier, Dialect::Resp, Dialect::Nats] {
+            let e = Encoder::new(d, 2, 48);
+            let mut b = BytesMut::new();
+            e.encode(&mut b, 1, h);
+            assert_eq!(b.len(), e.max_request_len());
+            let text = String::from_utf8_lossy(&b).into_owned();
+            assert!(text.contains("bench.1"), "{text}");
+            assert!(text.ends_with("xxxxxxxx\r\n"), "{text}");
+        }
+    }
+}

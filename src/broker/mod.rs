@@ -1,0 +1,95 @@
+//! The broker: who receives what. [`Broker`] is what a connection talks to;
+//! the connection code does not know which backend is behind it.
+//!
+//! - `embedded`: the server is its own broker; publishing is a local fan-out.
+//! - `redis`: Redis Pub/Sub carries messages between nodes; each node keeps one
+//!   Redis subscription per topic in use and fans out locally.
+//!
+//! Both fan out through the same [`Registry`].
+
+pub mod embedded;
+pub mod glob;
+pub mod redis;
+pub mod registry;
+
+use bytes::Bytes;
+use std::fmt;
+use std::future::Future;
+use std::sync::Arc;
+
+pub use embedded::Embedded;
+pub use registry::Registry;
+
+use crate::outbox::{ConnId, Outbox};
+
+/// A channel name or a glob pattern.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Topic {
+    pub kind: Kind,
+    pub name: Bytes,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Kind {
+    Channel,
+    Pattern,
+}
+
+impl Topic {
+    pub fn channel(name: Bytes) -> Topic {
+        Topic {
+            kind: Kind::Channel,
+            name,
+        }
+    }
+
+    pub fn pattern(name: Bytes) -> Topic {
+        Topic {
+            kind: Kind::Pattern,
+            name,
+        }
+    }
+}
+
+/// Why the broker could not do what was asked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BrokerError {
+    /// The backend (Redis) cannot be reached right now.
+    Unavailable,
+}
+
+impl fmt::Display for BrokerError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            BrokerError::Unavailable => f.write_str("backend unavailable"),
+        }
+    }
+}
+
+impl std::error::Error for BrokerError {}
+
+/// What a connection needs from a backend.
+pub trait Broker: Send + Sync + 'static {
+    /// Adds `outbox` to the subscribers of `topic`. Resolves once every message
+    /// published to `topic` from now on is sure to reach it (with Redis: once
+    /// Redis acknowledged the subscription).
+    fn subscribe(
+        &self,
+        topic: &Topic,
+        outbox: &Arc<Outbox>,
+    ) -> impl Future<Output = Result<(), BrokerError>> + Send;
+
+    /// Removes connection `id` from the subscribers of `topic`; nothing of
+    /// `topic` is queued to it after this returns.
+    fn unsubscribe(&self, topic: &Topic, id: ConnId);
+
+    /// Publishes `payload` to `channel`.
+    fn publish(
+        &self,
+        channel: Bytes,
+        payload: Bytes,
+    ) -> impl Future<Output = Result<(), BrokerError>> + Send;
+
+    /// A one-line description for the startup log.
+    fn describe(&self) -> String;
+}

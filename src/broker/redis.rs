@@ -1,0 +1,375 @@
+//! The Redis backend: Redis Pub/Sub carries messages between crier nodes and
+//! from any Redis client; each node fans them out locally.
+//!
+//! One task (the *subscriber*) owns the node's Redis subscription connection.
+//! It counts local interest per channel and pattern, sends `SUBSCRIBE` for the
+//! first local subscriber and `UNSUBSCRIBE` after the last, and answers the
+//! waiting connection only once Redis has acknowledged: a message published
+//! after a client saw `CONFIRMED` is never lost. Requests that arrive while it
+//! waits are batched into the next round trip.
+//!
+//! A second task reads messages off that connection as fast as Redis sends
+//! them (Redis cuts subscribers that fall far behind) and delivers them
+//! through the registry. `PUBLISH` goes over a separate multiplexed
+//! connection, since a connection in subscribe mode cannot publish.
+//!
+//! When Redis goes away, clients stay connected. The subscriber reconnects with
+//! capped exponential backoff and jitter and resubscribes everything still in
+//! use; meanwhile new subscriptions and publishes fail at once with
+//! `ERR backend unavailable`.
+
+use bytes::Bytes;
+use futures_util::StreamExt;
+use redis::aio::{MultiplexedConnection, PubSubSink, PubSubStream};
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use super::{Broker, BrokerError, Kind, Registry, Topic};
+use crate::outbox::{ConnId, Outbox};
+
+/// How long Redis may take to answer anything before the connection is
+/// considered lost.
+const REDIS_TIMEOUT: Duration = Duration::from_secs(5);
+/// Reconnection backoff: first delay and cap (each delay is jittered).
+const BACKOFF_FIRST: Duration = Duration::from_millis(100);
+const BACKOFF_MAX: Duration = Duration::from_secs(5);
+
+/// See the module documentation.
+pub struct RedisBroker {
+    registry: Arc<Registry>,
+    requests: mpsc::UnboundedSender<Request>,
+    /// The publishing connection; `None` while Redis is unreachable.
+    publisher: Arc<RwLock<Option<MultiplexedConnection>>>,
+    target: String,
+}
+
+enum Request {
+    /// A local subscriber was added: answer once Redis delivers the topic here.
+    Attach(Topic, oneshot::Sender<Result<(), BrokerError>>),
+    /// A local subscriber left.
+    Detach(Topic),
+}
+
+impl RedisBroker {
+    /// Starts the backend; it connects in the background and keeps trying, so
+    /// a server started while Redis is down still starts.
+    pub fn start(url: &str, shutdown: CancellationToken) -> anyhow::Result<Arc<RedisBroker>> {
+        // rustls needs a process-wide crypto provider for rediss:// URLs; a
+        // second install (another broker in the same process) is harmless.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let client =
+            redis::Client::open(url).map_err(|error| anyhow::anyhow!("--redis {url}: {error}"))?;
+        let info = client.get_connection_info();
+        let target = format!("redis at {}", info.addr());
+        let registry = Arc::new(Registry::default());
+        let publisher = Arc::new(RwLock::new(None));
+        let (requests, inbox) = mpsc::unbounded_channel();
+        let subscriber = Subscriber {
+            client,
+            registry: Arc::clone(&registry),
+            publisher: Arc::clone(&publisher),
+            requests: inbox,
+            wanted: HashMap::new(),
+            shutdown,
+        };
+        tokio::spawn(subscriber.run());
+        Ok(Arc::new(RedisBroker {
+            registry,
+            requests,
+            publisher,
+            target,
+        }))
+    }
+
+    fn publisher(&self) -> Option<MultiplexedConnection> {
+        self.publisher
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone()
+    }
+}
+
+impl Broker for RedisBroker {
+    async fn subscribe(&self, topic: &Topic, outbox: &Arc<Outbox>) -> Result<(), BrokerError> {
+        // Registered before Redis confirms, so nothing published after the
+        // acknowledgement can slip past; the outbox holds it behind the reply.
+        self.registry.add(topic, outbox);
+        let (reply, answer) = oneshot::channel();
+        let attached = match self.requests.send(Request::Attach(topic.clone(), reply)) {
+            Ok(()) => answer.await.unwrap_or(Err(BrokerError::Unavailable)),
+            Err(_) => Err(BrokerError::Unavailable),
+        };
+        if attached.is_err() {
+            self.registry.remove(topic, outbox.id());
+        }
+        attached
+    }
+
+    fn unsubscribe(&self, topic: &Topic, id: ConnId) {
+        self.registry.remove(topic, id);
+        let _ = self.requests.send(Request::Detach(topic.clone()));
+    }
+
+    async fn publish(&self, channel: Bytes, payload: Bytes) -> Result<(), BrokerError> {
+        let mut connection = self.publisher().ok_or(BrokerError::Unavailable)?;
+        let mut publish = redis::cmd("PUBLISH");
+        publish.arg(&channel[..]).arg(&payload[..]);
+        match tokio::time::timeout(REDIS_TIMEOUT, publish.query_async::<i64>(&mut connection)).await
+        {
+            Ok(Ok(_receivers)) => Ok(()),
+            _ => Err(BrokerError::Unavailable),
+        }
+    }
+
+    fn describe(&self) -> String {
+        self.target.clone()
+    }
+}
+
+/// The task that owns the subscription connection; see the module documentation.
+struct Subscriber {
+    client: redis::Client,
+    registry: Arc<Registry>,
+    publisher: Arc<RwLock<Option<MultiplexedConnection>>>,
+    requests: mpsc::UnboundedReceiver<Request>,
+    /// Local subscribers per topic: what this node needs from Redis.
+    wanted: HashMap<Topic, usize>,
+    shutdown: CancellationToken,
+}
+
+/// A live subscription connection.
+struct Session {
+    sink: PubSubSink,
+    reader: JoinHandle<()>,
+}
+
+/// The connection failed or timed out; the subscriber reconnects.
+struct Lost;
+
+impl Subscriber {
+    async fn run(mut self) {
+        while let Some(mut session) = self.connect().await {
+            let served = self.serve(&mut session).await;
+            session.reader.abort();
+            self.set_publisher(None);
+            match served {
+                Ok(()) => return,
+                Err(Lost) => tracing::warn!("redis: connection lost; reconnecting"),
+            }
+        }
+    }
+
+    /// Connects (retrying with backoff, answering requests meanwhile) and
+    /// resubscribes everything in use. `None` on shutdown.
+    async fn connect(&mut self) -> Option<Session> {
+        let mut delay = BACKOFF_FIRST;
+        let mut attempt = 1u32;
+        loop {
+            match self.open().await {
+                Ok(session) => return Some(session),
+                Err(error) => tracing::warn!(
+                    attempt,
+                    "redis: cannot connect ({error}); retrying in {} ms",
+                    delay.as_millis()
+                ),
+            }
+            // Full jitter keeps a fleet of nodes from reconnecting in step.
+            let pause = tokio::time::sleep(delay.mul_f64(0.5 + fastrand::f64() / 2.0));
+            tokio::pin!(pause);
+            loop {
+                tokio::select! {
+                    _ = &mut pause => break,
+                    request = self.requests.recv() => match request {
+                        Some(request) => self.refuse(request),
+                        None => return None,
+                    },
+                    _ = self.shutdown.cancelled() => return None,
+                }
+            }
+            delay = (delay * 2).min(BACKOFF_MAX);
+            attempt += 1;
+        }
+    }
+
+    /// While Redis is down every subscription needs it: refuse at once.
+    fn refuse(&mut self, request: Request) {
+        match request {
+            Request::Attach(_, reply) => {
+                let _ = reply.send(Err(BrokerError::Unavailable));
+            }
+            Request::Detach(topic) => {
+                self.release(&topic);
+            }
+        }
+    }
+
+    fn release(&mut self, topic: &Topic) -> bool {
+        match self.wanted.get_mut(topic) {
+            Some(count) if *count > 1 => {
+                *count -= 1;
+                false
+            }
+            Some(_) => {
+                self.wanted.remove(topic);
+                true
+            }
+            None => false,
+        }
+    }
+
+    async fn open(&mut self) -> redis::RedisResult<Session> {
+        let connect = async {
+            let pubsub = self.client.get_async_pubsub().await?;
+            let publisher = self.client.get_multiplexed_async_connection().await?;
+            redis::RedisResult::Ok((pubsub, publisher))
+        };
+        let (pubsub, publisher) = tokio::time::timeout(REDIS_TIMEOUT, connect)
+            .await
+            .map_err(|_| timed_out())??;
+        let (mut sink, stream) = pubsub.split();
+        let topics: Vec<Topic> = self.wanted.keys().cloned().collect();
+        send(&mut sink, Command::Subscribe, &topics).await?;
+        let reader = tokio::spawn(read_messages(stream, Arc::clone(&self.registry)));
+        self.set_publisher(Some(publisher));
+        tracing::info!(
+            "redis: connected; {} channels and patterns subscribed",
+            topics.len()
+        );
+        Ok(Session { sink, reader })
+    }
+
+    fn set_publisher(&self, publisher: Option<MultiplexedConnection>) {
+        *self
+            .publisher
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = publisher;
+    }
+
+    /// Serves requests until the connection is lost (`Err`) or shutdown (`Ok`).
+    async fn serve(&mut self, session: &mut Session) -> Result<(), Lost> {
+        loop {
+            let first = tokio::select! {
+                request = self.requests.recv() => match request {
+                    Some(request) => request,
+                    None => return Ok(()),
+                },
+                _ = &mut session.reader => return Err(Lost),
+                _ = self.shutdown.cancelled() => return Ok(()),
+            };
+            let mut batch = vec![first];
+            while let Ok(request) = self.requests.try_recv() {
+                batch.push(request);
+            }
+            self.apply(batch, &mut session.sink).await?;
+        }
+    }
+
+    /// Applies a batch of requests with at most one UNSUBSCRIBE and one
+    /// SUBSCRIBE round trip per kind of topic.
+    async fn apply(&mut self, batch: Vec<Request>, sink: &mut PubSubSink) -> Result<(), Lost> {
+        let mut leaving = Vec::new();
+        let mut joining = Vec::new();
+        let mut new: HashSet<Topic> = HashSet::new();
+        let mut waiting = Vec::new();
+        for request in batch {
+            match request {
+                Request::Attach(topic, reply) => {
+                    let count = self.wanted.entry(topic.clone()).or_insert(0);
+                    *count += 1;
+                    if *count == 1 {
+                        new.insert(topic.clone());
+                        joining.push(topic.clone());
+                    }
+                    if new.contains(&topic) {
+                        waiting.push((topic, reply));
+                    } else {
+                        let _ = reply.send(Ok(()));
+                    }
+                }
+                Request::Detach(topic) => {
+                    if self.release(&topic) {
+                        leaving.push(topic);
+                    }
+                }
+            }
+        }
+        // Unsubscribing first keeps "last one left, then a new one came" right.
+        let left = send(sink, Command::Unsubscribe, &leaving).await;
+        let joined = match left {
+            Ok(()) => send(sink, Command::Subscribe, &joining).await,
+            Err(error) => Err(error),
+        };
+        let outcome = joined
+            .as_ref()
+            .map(|_| ())
+            .map_err(|_| BrokerError::Unavailable);
+        for (topic, reply) in waiting {
+            if outcome.is_err() {
+                self.release(&topic);
+            }
+            let _ = reply.send(outcome);
+        }
+        joined.map_err(|error| {
+            tracing::warn!("redis: subscription request failed: {error}");
+            Lost
+        })
+    }
+}
+
+#[derive(Clone, Copy)]
+enum Command {
+    Subscribe,
+    Unsubscribe,
+}
+
+/// Sends (P)SUBSCRIBE or (P)UNSUBSCRIBE for `topics` and waits for every
+/// acknowledgement, bounded by `REDIS_TIMEOUT`.
+async fn send(sink: &mut PubSubSink, command: Command, topics: &[Topic]) -> redis::RedisResult<()> {
+    for kind in [Kind::Channel, Kind::Pattern] {
+        let names: Vec<&[u8]> = topics
+            .iter()
+            .filter(|t| t.kind == kind)
+            .map(|t| &t.name[..])
+            .collect();
+        if names.is_empty() {
+            continue;
+        }
+        let acknowledged = async {
+            match (command, kind) {
+                (Command::Subscribe, Kind::Channel) => sink.subscribe(&names).await,
+                (Command::Subscribe, Kind::Pattern) => sink.psubscribe(&names).await,
+                (Command::Unsubscribe, Kind::Channel) => sink.unsubscribe(&names).await,
+                (Command::Unsubscribe, Kind::Pattern) => sink.punsubscribe(&names).await,
+            }
+        };
+        tokio::time::timeout(REDIS_TIMEOUT, acknowledged)
+            .await
+            .map_err(|_| timed_out())??;
+    }
+    Ok(())
+}
+
+fn timed_out() -> redis::RedisError {
+    redis::RedisError::from(std::io::Error::new(
+        std::io::ErrorKind::TimedOut,
+        "redis timed out",
+    ))
+}
+
+/// Delivers every message Redis sends until the connection ends.
+async fn read_messages(mut stream: PubSubStream, registry: Arc<Registry>) {
+    while let Some(message) = stream.next().await {
+        let Ok(channel) = message.get_channel::<Vec<u8>>() else {
+            continue;
+        };
+        let payload = message.get_payload_bytes();
+        match message.get_pattern::<Option<Vec<u8>>>() {
+            Ok(Some(pattern)) => registry.deliver_pattern(&pattern, &channel, payload),
+            _ => registry.deliver_channel(&channel, payload),
+        };
+    }
+}

@@ -1,0 +1,20 @@
+//! crier: a real-time pub/sub server. Clients hold persistent TCP connections
+//! and receive every message published to the channels they subscribed to.
+//!
+//! The architecture, module by module:
+//! - [`protocol`]: framing of command lines and pushes, command parsing (no I/O);
+//! - [`outbox`]: a connection's bounded outbound queue, where fan-out meets the socket;
+//! - [`broker`]: who receives what: the registry, the glob matcher, and the
+//!   embedded and Redis backends behind one trait;
+//! - [`server`]: the accept loop, the connection tasks, shutdown;
+//! - [`client`]: `crier client`, `crier sub`, `crier pub`;
+//! - [`bench`]: `crier bench`, the load generator;
+//! - [`config`]: flags, environment and config file.
+
+pub mod broker;
+pub mod client;
+pub mod config;
+pub mod outbox;
+pub mod protocol;
+pub mod server;
+pub mod sys;

@@ -1,0 +1,305 @@
+//! One client connection: a reader that parses and executes commands in order,
+//! and a writer task that drains the connection's [`Outbox`].
+//!
+//! Splitting them means a client that pipelines many commands without reading
+//! replies cannot deadlock the server: replies queue in the outbox, bounded by
+//! `--max-pending` like any other output.
+
+use bytes::{Bytes, BytesMut};
+use std::collections::{HashSet, VecDeque};
+use std::io;
+use std::sync::Arc;
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio_util::sync::CancellationToken;
+
+use super::GRACE;
+use crate::broker::{Broker, Topic};
+use crate::config::Config;
+use crate::outbox::{ConnId, Next, Outbox};
+use crate::protocol::codec::{self, FrameError};
+use crate::protocol::command::{Command, Hello};
+
+/// Bytes asked of the socket per read.
+const READ_CHUNK: usize = 4096;
+/// A writer buffer larger than this is given back after use, so a burst does
+/// not pin memory on a connection that then goes idle.
+const KEEP_BUFFER: usize = 64 * 1024;
+
+const CONFIRMED: Bytes = Bytes::from_static(b"CONFIRMED\r\n");
+const ALREADY_SUBSCRIBED: Bytes = Bytes::from_static(b"ALREADY SUBSCRIBED\r\n");
+const ALREADY_UNSUBSCRIBED: Bytes = Bytes::from_static(b"ALREADY UNSUBSCRIBED\r\n");
+const UNKNOWN_COMMAND: Bytes = Bytes::from_static(b"UNKNOWN COMMAND\r\n");
+
+/// Why the reader stopped.
+#[derive(Debug, PartialEq, Eq)]
+enum End {
+    /// The client closed, quit, or the server is shutting down.
+    Done,
+    /// The client broke the framing; unread input may remain.
+    Violation,
+}
+
+/// Serves one client until it leaves, misbehaves or the server shuts down.
+pub async fn serve<B: Broker>(
+    stream: TcpStream,
+    id: ConnId,
+    broker: Arc<B>,
+    config: Arc<Config>,
+    shutdown: CancellationToken,
+) {
+    let (mut reader, writer) = stream.into_split();
+    let outbox = Arc::new(Outbox::new(id, config.max_pending));
+    // Cancelled by the server's shutdown, or by the writer when it gives up.
+    let closed = shutdown.child_token();
+    let writer = tokio::spawn(write_loop(writer, Arc::clone(&outbox), closed.clone()));
+
+    let mut session = Session {
+        broker,
+        config,
+        outbox,
+        topics: HashSet::new(),
+    };
+    let end = session.read_loop(&mut reader, &closed).await;
+    session.leave();
+    closed.cancel();
+    if end == End::Violation {
+        linger(&mut reader).await;
+    }
+    let _ = writer.await;
+}
+
+/// A connection's state, as the reader sees it.
+struct Session<B> {
+    broker: Arc<B>,
+    config: Arc<Config>,
+    outbox: Arc<Outbox>,
+    /// What this connection is subscribed to, channels and patterns.
+    topics: HashSet<Topic>,
+}
+
+impl<B: Broker> Session<B> {
+    async fn read_loop(&mut self, reader: &mut OwnedReadHalf, closed: &CancellationToken) -> End {
+        // Allocated when data arrives and given back once consumed: an idle
+        // connection holds no read buffer.
+        let mut buf = BytesMut::new();
+        loop {
+            tokio::select! {
+                ready = reader.readable() => if ready.is_err() { return End::Done },
+                _ = closed.cancelled() => return End::Done,
+            }
+            buf.reserve(READ_CHUNK);
+            match reader.try_read_buf(&mut buf) {
+                Ok(0) => return End::Done,
+                Ok(_) => {}
+                Err(error) if error.kind() == io::ErrorKind::WouldBlock => continue,
+                Err(_) => return End::Done,
+            }
+            loop {
+                match codec::next_line(&mut buf, self.config.max_line) {
+                    Ok(Some(line)) => {
+                        if !self.execute(line.freeze()).await {
+                            return End::Done;
+                        }
+                    }
+                    Ok(None) => break,
+                    Err(FrameError::LineTooLong) => {
+                        self.reply(Bytes::from_static(b"ERR line too long\r\n"));
+                        return End::Violation;
+                    }
+                }
+            }
+            if buf.is_empty() {
+                buf = BytesMut::new();
+            }
+        }
+    }
+
+    /// Executes one command line; false when the connection is to close.
+    async fn execute(&mut self, line: Bytes) -> bool {
+        let command = match Command::parse(line) {
+            Ok(command) => command,
+            Err(error) => {
+                self.reply_error(&error);
+                return true;
+            }
+        };
+        match command {
+            Command::Subscribe(names) => {
+                for name in self.or_default(names) {
+                    self.subscribe(Topic::channel(name)).await;
+                }
+            }
+            Command::Unsubscribe(names) => {
+                for name in self.or_default(names) {
+                    self.unsubscribe(Topic::channel(name));
+                }
+            }
+            Command::PSubscribe(patterns) => {
+                for pattern in patterns {
+                    self.subscribe(Topic::pattern(pattern)).await;
+                }
+            }
+            Command::PUnsubscribe(patterns) => {
+                for pattern in patterns {
+                    self.unsubscribe(Topic::pattern(pattern));
+                }
+            }
+            Command::Publish { channel, payload } => {
+                if self.config.deny_publish {
+                    self.reply(Bytes::from_static(b"ERR forbidden\r\n"));
+                } else {
+                    match self.broker.publish(channel, payload).await {
+                        Ok(()) => self.reply(CONFIRMED),
+                        Err(error) => self.reply_error(&error),
+                    }
+                }
+            }
+            Command::Ping(text) if text.is_empty() => self.reply(Bytes::from_static(b"PONG\r\n")),
+            Command::Ping(text) => self.reply(codec::line(&[b"PONG ", &text[..]].concat())),
+            Command::Hello(Hello::Supported(version)) => {
+                self.reply(CONFIRMED);
+                self.outbox.set_version(version);
+            }
+            Command::Hello(Hello::Unsupported) => {
+                self.reply(Bytes::from_static(b"ERR unsupported protocol version\r\n"));
+            }
+            Command::Quit => {
+                self.reply(Bytes::from_static(b"BYE\r\n"));
+                return false;
+            }
+            Command::Unknown => self.reply(UNKNOWN_COMMAND),
+        }
+        true
+    }
+
+    /// A bare `SUBSCRIBE` or `UNSUBSCRIBE` means the default channel (the seed's behaviour).
+    fn or_default(&self, names: Vec<Bytes>) -> Vec<Bytes> {
+        if names.is_empty() {
+            vec![self.config.default_channel.clone()]
+        } else {
+            names
+        }
+    }
+
+    async fn subscribe(&mut self, topic: Topic) {
+        if self.topics.contains(&topic) {
+            return self.reply(ALREADY_SUBSCRIBED);
+        }
+        if self.topics.len() >= self.config.max_subscriptions {
+            return self.reply(Bytes::from_static(b"ERR too many subscriptions\r\n"));
+        }
+        // Messages that arrive while the broker confirms queue up behind the
+        // reply, so the client sees CONFIRMED first.
+        self.outbox.hold();
+        match self.broker.subscribe(&topic, &self.outbox).await {
+            Ok(()) => {
+                self.topics.insert(topic);
+                self.outbox.release(CONFIRMED);
+            }
+            Err(error) => self.outbox.release(error_line(&error)),
+        }
+    }
+
+    fn unsubscribe(&mut self, topic: Topic) {
+        if self.topics.remove(&topic) {
+            self.broker.unsubscribe(&topic, self.outbox.id());
+            self.reply(CONFIRMED);
+        } else {
+            self.reply(ALREADY_UNSUBSCRIBED);
+        }
+    }
+
+    /// Drops every subscription and stops the outbox accepting output.
+    fn leave(&mut self) {
+        for topic in self.topics.drain() {
+            self.broker.unsubscribe(&topic, self.outbox.id());
+        }
+        self.outbox.close();
+    }
+
+    fn reply(&self, frame: Bytes) {
+        // A refused reply means the connection is already being cut off.
+        let _ = self.outbox.push(frame);
+    }
+
+    fn reply_error(&self, error: &dyn std::fmt::Display) {
+        self.reply(error_line(error));
+    }
+}
+
+fn error_line(error: &dyn std::fmt::Display) -> Bytes {
+    codec::line(format!("ERR {error}").as_bytes())
+}
+
+/// Drains the outbox into the socket until the connection closes; on the way
+/// out it cancels `closed`, which stops the reader too.
+async fn write_loop(mut writer: OwnedWriteHalf, outbox: Arc<Outbox>, closed: CancellationToken) {
+    let mut batch = VecDeque::new();
+    let mut buf = Vec::new();
+    loop {
+        match outbox.next(&mut batch).await {
+            Next::Write => {
+                buf.clear();
+                batch
+                    .drain(..)
+                    .for_each(|frame| buf.extend_from_slice(&frame));
+                if write(&mut writer, &buf, &closed).await.is_err() {
+                    break;
+                }
+                if buf.capacity() > KEEP_BUFFER {
+                    buf = Vec::new();
+                }
+            }
+            Next::Closed => break,
+            Next::SlowConsumer => {
+                tracing::debug!(id = outbox.id(), "slow consumer cut off");
+                closed.cancel();
+                let _ = write(&mut writer, b"ERR slow consumer\r\n", &closed).await;
+                break;
+            }
+        }
+    }
+    closed.cancel();
+    let _ = tokio::time::timeout(GRACE, writer.shutdown()).await;
+}
+
+/// Writes all of `data`. Unbounded while the connection is open (a stuck
+/// client is caught by its output budget); once it is closing, bounded by `GRACE`.
+async fn write(
+    writer: &mut OwnedWriteHalf,
+    data: &[u8],
+    closed: &CancellationToken,
+) -> io::Result<()> {
+    let mut rest = data;
+    tokio::select! {
+        written = writer.write_all_buf(&mut rest) => return written,
+        _ = closed.cancelled() => {}
+    }
+    match tokio::time::timeout(GRACE, writer.write_all_buf(&mut rest)).await {
+        Ok(written) => written,
+        Err(_) => Err(io::ErrorKind::TimedOut.into()),
+    }
+}
+
+/// After a protocol violation, reads and discards what the client still sends
+/// (bounded by `GRACE`), so that closing does not reset the connection before
+/// the client has read the error.
+async fn linger(reader: &mut OwnedReadHalf) {
+    let mut sink = [0u8; READ_CHUNK];
+    let _ = tokio::time::timeout(GRACE, async {
+        loop {
+            if reader.readable().await.is_err() {
+                return;
+            }
+            match reader.try_read(&mut sink) {
+                Ok(0) => return,
+                Ok(_) => {}
+                Err(error) if error.kind() == io::ErrorKind::WouldBlock => {}
+                Err(_) => return,
+            }
+        }
+    })
+    .await;
+}
