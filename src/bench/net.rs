@@ -95,7 +95,9 @@ fn explain(e: std::io::Error, source: Option<Ipv4Addr>, server: SocketAddr) -> a
             "no free local port on {} ({e}): spread over more addresses with --source-addrs",
             source.map_or_else(|| "the default source address".into(), |s| s.to_string())
         ),
-        Some(libc::ECONNREFUSED) => anyhow!("{server} refused the connection: is the server running?"),
+        Some(libc::ECONNREFUSED) => {
+            anyhow!("{server} refused the connection: is the server running?")
+        }
         _ => anyhow!("connecting to {server}: {e}"),
     }
 }

@@ -279,7 +279,7 @@ pub async fn run(
                 };
                 plan.encoder.encode(&mut out, ch, h);
                 st.sent += 1;
-                if per_pong > 0 && st.sent % per_pong as u64 == 0 {
+                if per_pong > 0 && st.sent.is_multiple_of(per_pong as u64) {
                     out.put_slice(b"PING\r\n");
                 }
             }
@@ -294,7 +294,7 @@ pub async fn run(
         st.send_done_ns = plan.start.elapsed().as_nanos() as u64;
         // Flush: the last PING's PONG (NATS) or the last reply means the
         // server has handled every message we sent.
-        if per_pong > 0 && st.sent % per_pong as u64 != 0 {
+        if per_pong > 0 && !st.sent.is_multiple_of(per_pong as u64) {
             wr.write_all(b"PING\r\n").await?;
         }
         let all = tokio::time::timeout(plan.timeout, sem.acquire_many(plan.window as u32))

@@ -34,10 +34,6 @@ impl Latencies {
         Ok(Latencies { shards })
     }
 
-    pub fn shard_count(&self) -> usize {
-        self.shards.len()
-    }
-
     /// Records a batch of latencies (ns) into shard `shard % shard_count`.
     pub fn record(&self, shard: usize, values: &[u64]) {
         let mut h = self.shards[shard % self.shards.len()]
@@ -53,7 +49,8 @@ impl Latencies {
             .map_err(|e| anyhow!("histogram: {e:?}"))?;
         for s in &self.shards {
             let h = s.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-            all.add(&*h).map_err(|e| anyhow!("merging histograms: {e:?}"))?;
+            all.add(&*h)
+                .map_err(|e| anyhow!("merging histograms: {e:?}"))?;
         }
         Ok(all)
     }
@@ -163,9 +160,7 @@ fn kib(v: Option<u64>) -> String {
 impl Report {
     /// The readable summary, then exactly one JSON line.
     pub fn print(&self) -> Result<()> {
-        let rate = self
-            .rate
-            .map_or_else(|| "max".into(), |r| format!("{r}/s"));
+        let rate = self.rate.map_or_else(|| "max".into(), |r| format!("{r}/s"));
         let limit = match (self.messages, self.duration_s) {
             (Some(m), Some(d)) => format!("{m} msgs or {d} s"),
             (Some(m), None) => format!("{m} msgs"),
@@ -192,7 +187,11 @@ impl Report {
         }
         println!(
             "  published:  {} msgs in {:.3} s = {:.0} msgs/s (acked {}, errors {})",
-            self.published, self.publish_s, self.publish_rate, self.publish_acked, self.publish_errors
+            self.published,
+            self.publish_s,
+            self.publish_rate,
+            self.publish_acked,
+            self.publish_errors
         );
         if let Some(e) = &self.first_publish_error {
             println!("              first publish error: {e}");
@@ -207,7 +206,11 @@ impl Report {
             self.gaps,
             self.reordered,
             self.corrupt,
-            if self.drained { "" } else { " — gave up waiting (drain timeout)" }
+            if self.drained {
+                ""
+            } else {
+                " — gave up waiting (drain timeout)"
+            }
         );
         let l = &self.latency;
         println!(

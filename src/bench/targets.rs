@@ -113,8 +113,7 @@ fn parse_len(s: &[u8]) -> Option<usize> {
         return None;
     }
     s.iter().try_fold(0usize, |n, &c| {
-        c.is_ascii_digit()
-            .then(|| n * 10 + usize::from(c - b'0'))
+        c.is_ascii_digit().then(|| n * 10 + usize::from(c - b'0'))
     })
 }
 
@@ -412,7 +411,8 @@ mod tests {
 
     #[test]
     fn crier_pushes_and_replies() {
-        let b = b"CONFIRMED\r\nMESSAGE bench.0 5\r\nab\r\nc\r\nERR slow consumer\r\nMESSAGE x 3\r\nab";
+        let b =
+            b"CONFIRMED\r\nMESSAGE bench.0 5\r\nab\r\nc\r\nERR slow consumer\r\nMESSAGE x 3\r\nab";
         assert_eq!(
             all(Dialect::Crier, b),
             vec![

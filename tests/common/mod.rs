@@ -1,0 +1,352 @@
+//! Test harness: runs the real `crier` binary (and a real `redis-server`) on
+//! free loopback ports and talks to them over real sockets.
+//!
+//! Every read has a generous deadline so that a bug fails a test instead of
+//! hanging it; no test sleeps to wait for something that can be awaited.
+
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::process::{Child, ChildStderr, Command, Stdio};
+use std::sync::mpsc;
+use std::thread;
+use std::time::Duration;
+
+/// Upper bound on any single wait; reaching it means the test failed.
+pub const DEADLINE: Duration = Duration::from_secs(20);
+
+/// A `crier serve` process on a free loopback port, killed on drop.
+pub struct Server {
+    pub addr: SocketAddr,
+    child: Child,
+    /// Lines the server logged after "listening on".
+    pub log: mpsc::Receiver<String>,
+}
+
+impl Server {
+    pub fn start(args: &[&str]) -> Server {
+        Server::start_with_env(args, &[])
+    }
+
+    pub fn start_with_env(args: &[&str], env: &[(&str, &str)]) -> Server {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_crier"));
+        command
+            .arg("serve")
+            .arg("--listen")
+            .arg("127.0.0.1:0")
+            .args(args);
+        command.envs(env.iter().copied()).env("CRIER_LOG", "info");
+        command.stdout(Stdio::null()).stderr(Stdio::piped());
+        let mut child = command.spawn().expect("start crier");
+        let stderr = child.stderr.take().expect("stderr");
+        let (addr, log) = wait_for_listening(stderr);
+        Server { addr, child, log }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn connect(&self) -> Client {
+        Client::connect(self.addr)
+    }
+
+    /// A client that has sent `HELLO 2` and got its confirmation.
+    pub fn connect_v2(&self) -> Client {
+        let mut client = self.connect();
+        client.send(b"HELLO 2\r\n");
+        client.expect_line(b"CONFIRMED");
+        client
+    }
+
+    /// Resident memory of the server process, in KiB.
+    pub fn rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap();
+        let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
+        line.split_whitespace().nth(1).unwrap().parse().unwrap()
+    }
+
+    /// Sends a signal and waits for the process to exit; returns its status.
+    pub fn stop_with(&mut self, signal: i32) -> std::process::ExitStatus {
+        // SAFETY: kill(2) on our own child's pid has no memory effects.
+        unsafe { libc::kill(self.child.id() as i32, signal) };
+        self.child.wait().expect("wait for crier")
+    }
+
+    /// Waits until the server logs a line containing `text`; returns it.
+    pub fn wait_log(&self, text: &str) -> String {
+        loop {
+            let line = self.log.recv_timeout(DEADLINE).unwrap_or_else(|_| {
+                panic!("the server never logged {text:?}");
+            });
+            if line.contains(text) {
+                return line;
+            }
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Reads the server's log until it says where it listens; forwards the rest.
+fn wait_for_listening(stderr: ChildStderr) -> (SocketAddr, mpsc::Receiver<String>) {
+    let (lines, log) = mpsc::channel();
+    thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if lines.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    loop {
+        let line = log
+            .recv_timeout(DEADLINE)
+            .expect("crier did not start listening");
+        if let Some(rest) = line.split("listening on ").nth(1) {
+            let addr = rest.split_whitespace().next().unwrap().parse().unwrap();
+            return (addr, log);
+        }
+    }
+}
+
+/// A raw TCP client that reads what the server sends, byte for byte.
+pub struct Client {
+    reader: BufReader<TcpStream>,
+}
+
+impl Client {
+    pub fn connect(addr: SocketAddr) -> Client {
+        let stream = TcpStream::connect(addr).expect("connect to crier");
+        stream.set_read_timeout(Some(DEADLINE)).unwrap();
+        stream.set_nodelay(true).unwrap();
+        Client {
+            reader: BufReader::with_capacity(64 * 1024, stream),
+        }
+    }
+
+    pub fn stream(&self) -> &TcpStream {
+        self.reader.get_ref()
+    }
+
+    pub fn send(&mut self, bytes: &[u8]) {
+        self.reader
+            .get_mut()
+            .write_all(bytes)
+            .expect("send to crier");
+    }
+
+    /// The next line, without its CRLF; panics unless it ended in CRLF.
+    pub fn line(&mut self) -> Vec<u8> {
+        let mut line = Vec::new();
+        self.reader
+            .read_until(b'\n', &mut line)
+            .expect("read from crier");
+        assert!(
+            line.ends_with(b"\r\n"),
+            "not a CRLF line: {:?}",
+            line.escape_ascii().to_string()
+        );
+        line.truncate(line.len() - 2);
+        line
+    }
+
+    pub fn expect_line(&mut self, expected: &[u8]) {
+        let line = self.line();
+        assert_eq!(
+            line.escape_ascii().to_string(),
+            expected.escape_ascii().to_string(),
+            "unexpected line from crier"
+        );
+    }
+
+    /// Sends one command and checks the one-line reply.
+    pub fn command(&mut self, command: &str, reply: &str) {
+        self.send(format!("{command}\r\n").as_bytes());
+        self.expect_line(reply.as_bytes());
+    }
+
+    pub fn read_exact(&mut self, n: usize) -> Vec<u8> {
+        let mut bytes = vec![0; n];
+        self.reader.read_exact(&mut bytes).expect("read from crier");
+        bytes
+    }
+
+    /// Reads one version 2 push: (pattern, channel, payload).
+    pub fn push_v2(&mut self) -> (Option<Vec<u8>>, Vec<u8>, Vec<u8>) {
+        let header = self.line();
+        let words: Vec<&[u8]> = header.split(|&b| b == b' ').collect();
+        let (pattern, channel, len) = match words[..] {
+            [b"MESSAGE", channel, len] => (None, channel, len),
+            [b"PMESSAGE", pattern, channel, len] => (Some(pattern.to_vec()), channel, len),
+            _ => panic!("not a push: {}", header.escape_ascii()),
+        };
+        let len: usize = std::str::from_utf8(len).unwrap().parse().unwrap();
+        let channel = channel.to_vec();
+        let payload = self.read_exact(len);
+        assert_eq!(self.read_exact(2), b"\r\n");
+        (pattern, channel, payload)
+    }
+
+    /// Asserts the server closed the connection (after everything read so far).
+    pub fn expect_eof(&mut self) {
+        let mut rest = Vec::new();
+        match self.reader.read_to_end(&mut rest) {
+            Ok(_) => assert!(
+                rest.is_empty(),
+                "more data before EOF: {}",
+                rest.escape_ascii()
+            ),
+            Err(error) => {
+                assert_eq!(error.kind(), std::io::ErrorKind::ConnectionReset, "{error}")
+            }
+        }
+    }
+
+    /// Makes dropping this client send a TCP reset instead of a clean close.
+    pub fn reset_on_close(&self) {
+        use std::os::fd::AsRawFd;
+        let linger = libc::linger {
+            l_onoff: 1,
+            l_linger: 0,
+        };
+        // SAFETY: setsockopt reads `linger` for the duration of the call only.
+        let done = unsafe {
+            libc::setsockopt(
+                self.stream().as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_LINGER,
+                (&linger as *const libc::linger).cast(),
+                std::mem::size_of::<libc::linger>() as libc::socklen_t,
+            )
+        };
+        assert_eq!(done, 0, "setsockopt(SO_LINGER)");
+    }
+
+    pub fn shutdown_write(&self) {
+        self.stream().shutdown(Shutdown::Write).unwrap();
+    }
+}
+
+/// A port that was free a moment ago.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A real `redis-server` on a free loopback port, killed on drop.
+pub struct Redis {
+    pub port: u16,
+    child: Option<Child>,
+}
+
+impl Redis {
+    pub fn start() -> Redis {
+        let mut redis = Redis {
+            port: free_port(),
+            child: None,
+        };
+        redis.restart();
+        redis
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// Starts it (again) on the same port; returns once it accepts connections.
+    pub fn restart(&mut self) {
+        assert!(self.child.is_none(), "redis is already running");
+        let mut child = Command::new("redis-server")
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no", "--loglevel", "notice"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start redis-server (is it installed?)");
+        let stdout = child.stdout.take().unwrap();
+        let (ready, wait) = mpsc::channel();
+        thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if line.contains("Ready to accept connections") {
+                    let _ = ready.send(());
+                }
+            }
+        });
+        wait.recv_timeout(DEADLINE)
+            .expect("redis-server did not start");
+        self.child = Some(child);
+    }
+
+    /// SIGKILL: Redis vanishes without a goodbye, as in a crash.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            child.kill().unwrap();
+            child.wait().unwrap();
+        }
+    }
+
+    /// Runs one command with a RESP client of our own (redis-cli needs no
+    /// quoting then); returns the raw reply.
+    pub fn command(&self, args: &[&[u8]]) -> Vec<u8> {
+        let mut stream = TcpStream::connect(("127.0.0.1", self.port)).unwrap();
+        stream.set_read_timeout(Some(DEADLINE)).unwrap();
+        stream.write_all(&resp(args)).unwrap();
+        let mut reader = BufReader::new(stream);
+        let mut reply = Vec::new();
+        reader.read_until(b'\n', &mut reply).unwrap();
+        reply
+    }
+
+    /// `PUBLISH channel payload` straight into Redis; returns the receiver count.
+    pub fn publish(&self, channel: &[u8], payload: &[u8]) -> i64 {
+        let reply = self.command(&[b"PUBLISH", channel, payload]);
+        assert_eq!(reply[0], b':', "{}", reply.escape_ascii());
+        std::str::from_utf8(&reply[1..reply.len() - 2])
+            .unwrap()
+            .parse()
+            .unwrap()
+    }
+
+    /// Channels Redis has subscribers for, `PUBSUB NUMSUB`-style count.
+    pub fn numsub(&self, channel: &[u8]) -> i64 {
+        let mut stream = TcpStream::connect(("127.0.0.1", self.port)).unwrap();
+        stream.set_read_timeout(Some(DEADLINE)).unwrap();
+        stream
+            .write_all(&resp(&[b"PUBSUB", b"NUMSUB", channel]))
+            .unwrap();
+        let mut reader = BufReader::new(stream);
+        let mut lines = Vec::new();
+        for _ in 0..5 {
+            let mut line = Vec::new();
+            reader.read_until(b'\n', &mut line).unwrap();
+            lines.push(String::from_utf8_lossy(&line).trim_end().to_string());
+        }
+        lines[4].trim_start_matches(':').parse().unwrap()
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Encodes a command as a RESP array of bulk strings.
+pub fn resp(args: &[&[u8]]) -> Vec<u8> {
+    let mut out = format!("*{}\r\n", args.len()).into_bytes();
+    for arg in args {
+        out.extend_from_slice(format!("${}\r\n", arg.len()).as_bytes());
+        out.extend_from_slice(arg);
+        out.extend_from_slice(b"\r\n");
+    }
+    out
+}
