@@ -6,6 +6,8 @@
 
 #![allow(dead_code)]
 
+use std::cell::RefCell;
+use std::collections::VecDeque;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::process::{Child, ChildStderr, Command, Stdio};
@@ -20,8 +22,9 @@ pub const DEADLINE: Duration = Duration::from_secs(20);
 pub struct Server {
     pub addr: SocketAddr,
     child: Child,
-    /// Lines the server logged after "listening on".
-    pub log: mpsc::Receiver<String>,
+    /// Lines the server logged and no `wait_log` has passed over yet.
+    early: RefCell<VecDeque<String>>,
+    log: mpsc::Receiver<String>,
 }
 
 impl Server {
@@ -40,8 +43,13 @@ impl Server {
         command.stdout(Stdio::null()).stderr(Stdio::piped());
         let mut child = command.spawn().expect("start crier");
         let stderr = child.stderr.take().expect("stderr");
-        let (addr, log) = wait_for_listening(stderr);
-        Server { addr, child, log }
+        let (addr, early, log) = wait_for_listening(stderr);
+        Server {
+            addr,
+            child,
+            early: RefCell::new(early),
+            log,
+        }
     }
 
     pub fn pid(&self) -> u32 {
@@ -77,8 +85,11 @@ impl Server {
     /// Waits until the server logs a line containing `text`; returns it.
     pub fn wait_log(&self, text: &str) -> String {
         loop {
-            let line = self.log.recv_timeout(DEADLINE).unwrap_or_else(|_| {
-                panic!("the server never logged {text:?}");
+            let early = self.early.borrow_mut().pop_front();
+            let line = early.unwrap_or_else(|| {
+                self.log
+                    .recv_timeout(DEADLINE)
+                    .unwrap_or_else(|_| panic!("the server never logged {text:?}"))
             });
             if line.contains(text) {
                 return line;
@@ -94,8 +105,11 @@ impl Drop for Server {
     }
 }
 
-/// Reads the server's log until it says where it listens; forwards the rest.
-fn wait_for_listening(stderr: ChildStderr) -> (SocketAddr, mpsc::Receiver<String>) {
+/// Reads the server's log until it says where it listens; returns the address,
+/// the lines read so far and the rest to come.
+fn wait_for_listening(
+    stderr: ChildStderr,
+) -> (SocketAddr, VecDeque<String>, mpsc::Receiver<String>) {
     let (lines, log) = mpsc::channel();
     thread::spawn(move || {
         for line in BufReader::new(stderr).lines().map_while(Result::ok) {
@@ -104,14 +118,16 @@ fn wait_for_listening(stderr: ChildStderr) -> (SocketAddr, mpsc::Receiver<String
             }
         }
     });
+    let mut early = VecDeque::new();
     loop {
         let line = log
             .recv_timeout(DEADLINE)
             .expect("crier did not start listening");
         if let Some(rest) = line.split("listening on ").nth(1) {
             let addr = rest.split_whitespace().next().unwrap().parse().unwrap();
-            return (addr, log);
+            return (addr, early, log);
         }
+        early.push_back(line);
     }
 }
 
@@ -325,12 +341,12 @@ impl Redis {
             .unwrap();
         let mut reader = BufReader::new(stream);
         let mut lines = Vec::new();
-        for _ in 0..5 {
+        for _ in 0..4 {
             let mut line = Vec::new();
             reader.read_until(b'\n', &mut line).unwrap();
             lines.push(String::from_utf8_lossy(&line).trim_end().to_string());
         }
-        lines[4].trim_start_matches(':').parse().unwrap()
+        lines[3].trim_start_matches(':').parse().unwrap()
     }
 }
 

@@ -1,0 +1,208 @@
+//! The Redis backend against a real `redis-server` on a free loopback port.
+
+mod common;
+use common::{Client, Redis, Server};
+
+fn node(redis: &Redis) -> Server {
+    let server = Server::start(&["--redis", &redis.url()]);
+    server.wait_log("redis: connected");
+    server
+}
+
+#[test]
+fn the_seed_session_through_redis() {
+    let redis = Redis::start();
+    let server = node(&redis);
+    let mut client = server.connect();
+    client.command("SUBSCRIBE", "CONFIRMED");
+    assert_eq!(redis.publish(b"updates", b"Goal! 1-0"), 1);
+    client.expect_line(b"Goal! 1-0");
+    client.command("UNSUBSCRIBE", "CONFIRMED");
+    client.command("UNSUBSCRIBE", "ALREADY UNSUBSCRIBED");
+    client.command("NOPE", "UNKNOWN COMMAND");
+}
+
+#[test]
+fn payloads_from_redis_are_byte_exact() {
+    let redis = Redis::start();
+    let server = node(&redis);
+    let mut client = server.connect_v2();
+    client.command("SUBSCRIBE bin", "CONFIRMED");
+    client.command("PSUBSCRIBE b?n", "CONFIRMED");
+    let payload = b"line\r\nbreak \xff\x00 end";
+    assert_eq!(
+        redis.publish(b"bin", payload),
+        2,
+        "one Redis subscription each"
+    );
+    assert_eq!(client.push_v2(), (None, b"bin".to_vec(), payload.to_vec()));
+    assert_eq!(
+        client.push_v2(),
+        (Some(b"b?n".to_vec()), b"bin".to_vec(), payload.to_vec())
+    );
+}
+
+#[test]
+fn crier_publish_goes_through_redis() {
+    let redis = Redis::start();
+    let server = node(&redis);
+    // A plain Redis subscriber sees what a crier client publishes.
+    let mut watcher = Client::connect(([127, 0, 0, 1], redis.port).into());
+    watcher.send(&common::resp(&[b"SUBSCRIBE", b"news"]));
+    for expected in ["*3", "$9", "subscribe", "$4", "news", ":1"] {
+        watcher.expect_line(expected.as_bytes());
+    }
+    let mut publisher = server.connect();
+    publisher.command("PUBLISH news hello from crier", "CONFIRMED");
+    for expected in [
+        "*3",
+        "$7",
+        "message",
+        "$4",
+        "news",
+        "$16",
+        "hello from crier",
+    ] {
+        watcher.expect_line(expected.as_bytes());
+    }
+}
+
+#[test]
+fn one_redis_subscription_per_channel_in_use() {
+    let redis = Redis::start();
+    let server = node(&redis);
+    let mut clients: Vec<Client> = (0..3).map(|_| server.connect()).collect();
+    for client in &mut clients {
+        client.command("SUBSCRIBE shared", "CONFIRMED");
+    }
+    assert_eq!(redis.numsub(b"shared"), 1);
+    assert_eq!(redis.publish(b"shared", b"x"), 1);
+    for client in &mut clients {
+        client.expect_line(b"x");
+    }
+    clients[0].command("UNSUBSCRIBE shared", "CONFIRMED");
+    drop(clients.remove(1));
+    // The backend handles requests in order: once a later subscription is
+    // confirmed, the earlier ones have reached Redis.
+    clients[0].command("SUBSCRIBE sync.1", "CONFIRMED");
+    assert_eq!(redis.numsub(b"shared"), 1, "one local subscriber is left");
+    clients[1].command("UNSUBSCRIBE shared", "CONFIRMED");
+    clients[1].command("SUBSCRIBE sync.2", "CONFIRMED");
+    assert_eq!(
+        redis.numsub(b"shared"),
+        0,
+        "dropped after the last one left"
+    );
+}
+
+#[test]
+fn confirmed_means_redis_acknowledged() {
+    let redis = Redis::start();
+    let server = node(&redis);
+    let mut client = server.connect_v2();
+    for i in 0..300 {
+        let channel = format!("fresh.{i}");
+        client.command(&format!("SUBSCRIBE {channel}"), "CONFIRMED");
+        assert_eq!(
+            redis.publish(channel.as_bytes(), b"m"),
+            1,
+            "{channel} not yet subscribed"
+        );
+        assert_eq!(
+            client.push_v2(),
+            (None, channel.into_bytes(), b"m".to_vec())
+        );
+    }
+}
+
+#[test]
+fn two_nodes_deliver_exactly_once() {
+    let redis = Redis::start();
+    let (a, b) = (node(&redis), node(&redis));
+    let mut on_a = a.connect();
+    let mut on_b = b.connect();
+    on_a.command("SUBSCRIBE", "CONFIRMED");
+    on_b.command("SUBSCRIBE", "CONFIRMED");
+    on_b.command("PSUBSCRIBE upd*", "CONFIRMED");
+    let mut publisher = a.connect();
+    publisher.command("PUBLISH updates once", "CONFIRMED");
+    assert_eq!(redis.publish(b"updates", b"twice"), 3);
+    for (client, copies) in [(&mut on_a, 1), (&mut on_b, 2)] {
+        for message in ["once", "twice"] {
+            for _ in 0..copies {
+                client.expect_line(message.as_bytes());
+            }
+        }
+        client.command("PING", "PONG");
+    }
+}
+
+#[test]
+fn redis_killed_and_restarted() {
+    let mut redis = Redis::start();
+    let server = node(&redis);
+    let mut client = server.connect_v2();
+    client.command("SUBSCRIBE kept", "CONFIRMED");
+    client.command("PSUBSCRIBE kept.*", "CONFIRMED");
+
+    redis.kill();
+    server.wait_log("redis: connection lost");
+    client.command("PING", "PONG");
+    client.command("SUBSCRIBE new", "ERR backend unavailable");
+    client.command("PUBLISH kept x", "ERR backend unavailable");
+    server.wait_log("retrying in");
+
+    redis.restart();
+    server.wait_log("redis: connected; 2 channels and patterns subscribed");
+    assert_eq!(redis.publish(b"kept", b"back"), 1);
+    assert_eq!(client.push_v2(), (None, b"kept".to_vec(), b"back".to_vec()));
+    assert_eq!(redis.publish(b"kept.too", b"p"), 1);
+    assert_eq!(
+        client.push_v2(),
+        (
+            Some(b"kept.*".to_vec()),
+            b"kept.too".to_vec(),
+            b"p".to_vec()
+        )
+    );
+    client.command("SUBSCRIBE new", "CONFIRMED");
+    server.connect().command("PUBLISH new y", "CONFIRMED");
+    assert_eq!(client.push_v2(), (None, b"new".to_vec(), b"y".to_vec()));
+}
+
+#[test]
+fn started_while_redis_is_down() {
+    let mut redis = Redis::start();
+    redis.kill();
+    let server = Server::start(&["--redis", &redis.url()]);
+    server.wait_log("redis: cannot connect");
+    let mut client = server.connect();
+    client.command("SUBSCRIBE", "ERR backend unavailable");
+    client.command("PUBLISH updates x", "ERR backend unavailable");
+    redis.restart();
+    server.wait_log("redis: connected");
+    client.command("SUBSCRIBE", "CONFIRMED");
+    assert_eq!(redis.publish(b"updates", b"up"), 1);
+    client.expect_line(b"up");
+}
+
+#[test]
+fn password_and_database_in_the_url() {
+    let redis = Redis::start();
+    assert_eq!(
+        redis.command(&[b"CONFIG", b"SET", b"requirepass", b"s3cret"]),
+        b"+OK\r\n"
+    );
+    let url = format!("redis://:s3cret@127.0.0.1:{}/3", redis.port);
+    let server = Server::start(&["--redis", &url]);
+    server.wait_log("redis: connected");
+    let mut client = server.connect();
+    client.command("SUBSCRIBE", "CONFIRMED");
+    let mut publisher = server.connect();
+    publisher.command("PUBLISH updates authenticated", "CONFIRMED");
+    client.expect_line(b"authenticated");
+
+    let wrong = format!("redis://:wrong@127.0.0.1:{}", redis.port);
+    let refused = Server::start(&["--redis", &wrong]);
+    refused.wait_log("redis: cannot connect");
+}
