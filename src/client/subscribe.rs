@@ -48,8 +48,12 @@ pub async fn run(args: SubArgs) -> anyhow::Result<()> {
     let mut out = std::io::stdout().lock();
     while let Some(frame) = frames.next().await? {
         match frame {
-            Frame::Line(reply) if unconfirmed > 0 && reply.starts_with(b"CONFIRMED") => {
+            Frame::Line(reply) if unconfirmed > 0 && &reply[..] == b"CONFIRMED" => {
                 unconfirmed -= 1;
+                if unconfirmed == 0 {
+                    let subscribed = args.channels.len() + args.patterns.len();
+                    eprintln!("crier: subscribed to {subscribed} channels and patterns");
+                }
             }
             Frame::Line(reply) => bail!("crier answered: {}", reply.escape_ascii()),
             Frame::Message {
