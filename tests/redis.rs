@@ -206,3 +206,20 @@ fn password_and_database_in_the_url() {
     let refused = Server::start(&["--redis", &wrong]);
     refused.wait_log("redis: cannot connect");
 }
+
+#[test]
+fn a_silent_redis_is_detected_like_a_cut_network() {
+    let redis = Redis::start();
+    let server = node(&redis);
+    let mut client = server.connect();
+    client.command("SUBSCRIBE", "CONFIRMED");
+    redis.signal(libc::SIGSTOP);
+    // Nothing is closed: the node notices by its health check.
+    server.wait_log("redis: connection lost");
+    client.command("SUBSCRIBE other", "ERR backend unavailable");
+    client.command("PUBLISH updates x", "ERR backend unavailable");
+    redis.signal(libc::SIGCONT);
+    server.wait_log("redis: connected; 1 channels and patterns subscribed");
+    assert_eq!(redis.publish(b"updates", b"resumed"), 1);
+    client.expect_line(b"resumed");
+}

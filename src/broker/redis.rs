@@ -34,6 +34,9 @@ use crate::outbox::{ConnId, Outbox};
 /// How long Redis may take to answer anything before the connection is
 /// considered lost.
 const REDIS_TIMEOUT: Duration = Duration::from_secs(5);
+/// How often an idle subscription connection is checked with a PING, so that
+/// a silent network cut is noticed without waiting for traffic.
+const HEALTH_CHECK_EVERY: Duration = Duration::from_secs(1);
 /// Reconnection backoff: first delay and cap (each delay is jittered).
 const BACKOFF_FIRST: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
@@ -251,12 +254,22 @@ impl Subscriber {
 
     /// Serves requests until the connection is lost (`Err`) or shutdown (`Ok`).
     async fn serve(&mut self, session: &mut Session) -> Result<(), Lost> {
+        let start = tokio::time::Instant::now() + HEALTH_CHECK_EVERY;
+        let mut health = tokio::time::interval_at(start, HEALTH_CHECK_EVERY);
+        health.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let first = tokio::select! {
                 request = self.requests.recv() => match request {
                     Some(request) => request,
                     None => return Ok(()),
                 },
+                _ = health.tick() => {
+                    let ping = session.sink.ping::<redis::Value>();
+                    match tokio::time::timeout(REDIS_TIMEOUT, ping).await {
+                        Ok(Ok(_)) => continue,
+                        _ => return Err(Lost),
+                    }
+                }
                 _ = &mut session.reader => return Err(Lost),
                 _ = self.shutdown.cancelled() => return Ok(()),
             };

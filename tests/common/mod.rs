@@ -310,6 +310,14 @@ impl Redis {
         }
     }
 
+    /// SIGSTOP or SIGCONT: a Redis that stops answering without closing
+    /// anything looks, from crier, like a cut network.
+    pub fn signal(&self, signal: i32) {
+        let child = self.child.as_ref().expect("redis is running");
+        // SAFETY: kill(2) on our own child's pid has no memory effects.
+        assert_eq!(unsafe { libc::kill(child.id() as i32, signal) }, 0);
+    }
+
     /// Runs one command with a RESP client of our own (redis-cli needs no
     /// quoting then); returns the raw reply.
     pub fn command(&self, args: &[&[u8]]) -> Vec<u8> {
