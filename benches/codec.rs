@@ -21,9 +21,8 @@ fn push_message(bencher: Bencher, size: usize) {
 
 #[divan::bench]
 fn split_and_parse_100_lines(bencher: Bencher) {
-    let input: Vec<u8> = (0..100)
-        .flat_map(|i| format!("PUBLISH ch.{i} payload {i}\r\n").into_bytes())
-        .collect();
+    let input: Vec<u8> =
+        (0..100).flat_map(|i| format!("PUBLISH ch.{i} payload {i}\r\n").into_bytes()).collect();
     bencher.bench(|| {
         let mut buf = BytesMut::from(&input[..]);
         let mut parsed = 0;
@@ -37,18 +36,9 @@ fn split_and_parse_100_lines(bencher: Bencher) {
 #[divan::bench(args = ["news.*", "h[ae]llo.*.x?z", "*a*b*c*d"])]
 fn glob_match(bencher: Bencher, pattern: &str) {
     let glob = Glob::new(pattern.as_bytes());
-    let channels: Vec<&[u8]> = vec![
-        b"news.art.figurative",
-        b"hello.world.xyz",
-        b"aXbXcXdX",
-        b"nope",
-    ];
-    bencher.bench(|| {
-        channels
-            .iter()
-            .filter(|c| glob.matches(black_box(c)))
-            .count()
-    });
+    let channels: Vec<&[u8]> =
+        vec![b"news.art.figurative", b"hello.world.xyz", b"aXbXcXdX", b"nope"];
+    bencher.bench(|| channels.iter().filter(|c| glob.matches(black_box(c))).count());
 }
 
 /// One publish to N subscribers as the server does it: encoding once, N queue
@@ -57,16 +47,13 @@ fn glob_match(bencher: Bencher, pattern: &str) {
 fn registry_fan_out(bencher: Bencher, subscribers: usize) {
     let registry = Registry::default();
     let topic = Topic::channel(Bytes::from_static(b"fan"));
-    let outboxes: Vec<Arc<Outbox>> = (0..subscribers as u64)
-        .map(|id| Arc::new(Outbox::new(id, usize::MAX)))
-        .collect();
+    let outboxes: Vec<Arc<Outbox>> =
+        (0..subscribers as u64).map(|id| Arc::new(Outbox::new(id, usize::MAX))).collect();
     for outbox in &outboxes {
         registry.add(&topic, outbox);
     }
     let payload = vec![b'x'; 64];
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .build()
-        .expect("runtime");
+    let runtime = tokio::runtime::Builder::new_current_thread().build().expect("runtime");
     let mut batch = std::collections::VecDeque::new();
     bencher.bench_local(|| {
         let delivered = registry.publish(b"fan", &payload);

@@ -107,10 +107,7 @@ impl ServeArgs {
                 .or(file.default_channel)
                 .map_or(default.default_channel, Bytes::from),
             max_line: self.max_line.or(file.max_line).unwrap_or(default.max_line),
-            max_pending: self
-                .max_pending
-                .or(file.max_pending)
-                .unwrap_or(default.max_pending),
+            max_pending: self.max_pending.or(file.max_pending).unwrap_or(default.max_pending),
             max_subscriptions: self
                 .max_subscriptions
                 .or(file.max_subscriptions)
@@ -119,10 +116,7 @@ impl ServeArgs {
                 .max_connections
                 .or(file.max_connections)
                 .unwrap_or(default.max_connections),
-            deny_publish: self
-                .deny_publish
-                .or(file.deny_publish)
-                .unwrap_or(default.deny_publish),
+            deny_publish: self.deny_publish.or(file.deny_publish).unwrap_or(default.deny_publish),
         };
         config.validate()?;
         Ok(config)

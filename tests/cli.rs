@@ -21,22 +21,11 @@ fn the_tour_with_sub_and_pub() {
         .spawn()
         .unwrap();
     let mut said = BufReader::new(sub.stderr.take().unwrap()).lines();
-    assert!(
-        said.next()
-            .unwrap()
-            .unwrap()
-            .contains("subscribed to 2 channels and patterns")
-    );
+    assert!(said.next().unwrap().unwrap().contains("subscribed to 2 channels and patterns"));
 
-    for (channel, message) in [
-        ("updates", "Goal! 1-0"),
-        ("scores.eu", "2-1 für"),
-        ("other", "x"),
-    ] {
-        let status = crier()
-            .args(["pub", channel, message, "--addr", &addr])
-            .status()
-            .unwrap();
+    for (channel, message) in [("updates", "Goal! 1-0"), ("scores.eu", "2-1 für"), ("other", "x")]
+    {
+        let status = crier().args(["pub", channel, message, "--addr", &addr]).status().unwrap();
         assert!(status.success());
     }
     let mut printed = BufReader::new(sub.stdout.take().unwrap()).lines();
@@ -56,12 +45,7 @@ fn pub_reads_lines_from_stdin() {
         .stdin(Stdio::piped())
         .spawn()
         .unwrap();
-    publisher
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(b"one\ntwo words\r\nthree\n")
-        .unwrap();
+    publisher.stdin.take().unwrap().write_all(b"one\ntwo words\r\nthree\n").unwrap();
     assert!(publisher.wait().unwrap().success());
     for line in ["one", "two words", "three"] {
         subscriber.expect_line(line.as_bytes());
@@ -71,17 +55,12 @@ fn pub_reads_lines_from_stdin() {
 #[test]
 fn pub_reports_errors() {
     let server = Server::start(&["--deny-publish", "true"]);
-    let output = crier()
-        .args(["pub", "feed", "x", "--addr", &server.addr.to_string()])
-        .output()
-        .unwrap();
+    let output =
+        crier().args(["pub", "feed", "x", "--addr", &server.addr.to_string()]).output().unwrap();
     assert!(!output.status.success());
     assert!(String::from_utf8_lossy(&output.stderr).contains("ERR forbidden"));
 
-    let output = crier()
-        .args(["pub", "feed", "x", "--addr", "127.0.0.1:1"])
-        .output()
-        .unwrap();
+    let output = crier().args(["pub", "feed", "x", "--addr", "127.0.0.1:1"]).output().unwrap();
     assert!(!output.status.success());
     assert!(String::from_utf8_lossy(&output.stderr).contains("cannot connect to crier"));
 }
@@ -123,11 +102,7 @@ fn settings_from_env_and_config_file() {
     let dir = std::env::temp_dir().join(format!("crier-config-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let file = dir.join("crier.toml");
-    std::fs::write(
-        &file,
-        "default-channel = \"from-file\"\nmax-subscriptions = 1\n",
-    )
-    .unwrap();
+    std::fs::write(&file, "default-channel = \"from-file\"\nmax-subscriptions = 1\n").unwrap();
 
     let server = Server::start_with_env(
         &["--config", file.to_str().unwrap()],
@@ -140,10 +115,7 @@ fn settings_from_env_and_config_file() {
     client.command("SUBSCRIBE third", "ERR too many subscriptions");
 
     std::fs::write(&file, "max-pendin = 1\n").unwrap();
-    let output = crier()
-        .args(["serve", "--config", file.to_str().unwrap()])
-        .output()
-        .unwrap();
+    let output = crier().args(["serve", "--config", file.to_str().unwrap()]).output().unwrap();
     assert!(!output.status.success());
     assert!(String::from_utf8_lossy(&output.stderr).contains("unknown field `max-pendin`"));
     std::fs::remove_dir_all(&dir).unwrap();

@@ -36,14 +36,8 @@ fn psubscribe_and_punsubscribe() {
     client.expect_line(b"ALREADY UNSUBSCRIBED");
     publisher.command("PUBLISH news.art gone", "CONFIRMED");
     client.command("PING", "PONG");
-    client.command(
-        "PSUBSCRIBE",
-        "ERR wrong number of arguments for 'psubscribe'",
-    );
-    client.command(
-        "PUNSUBSCRIBE",
-        "ERR wrong number of arguments for 'punsubscribe'",
-    );
+    client.command("PSUBSCRIBE", "ERR wrong number of arguments for 'psubscribe'");
+    client.command("PUNSUBSCRIBE", "ERR wrong number of arguments for 'punsubscribe'");
 }
 
 #[test]
@@ -133,18 +127,8 @@ fn version_2_pushes_and_patterns_deliver_once_per_subscription() {
     client.command("PSUBSCRIBE news.*", "CONFIRMED");
     publisher.command("PUBLISH news.eu hi", "CONFIRMED");
     // Once by name, once by pattern (Redis's rule), in that order.
-    assert_eq!(
-        client.push_v2(),
-        (None, b"news.eu".to_vec(), b"hi".to_vec())
-    );
-    assert_eq!(
-        client.push_v2(),
-        (
-            Some(b"news.*".to_vec()),
-            b"news.eu".to_vec(),
-            b"hi".to_vec()
-        )
-    );
+    assert_eq!(client.push_v2(), (None, b"news.eu".to_vec(), b"hi".to_vec()));
+    assert_eq!(client.push_v2(), (Some(b"news.*".to_vec()), b"news.eu".to_vec(), b"hi".to_vec()));
     client.command("HELLO 1", "CONFIRMED");
     publisher.command("PUBLISH news.eu back to v1", "CONFIRMED");
     client.expect_line(b"back to v1");

@@ -81,18 +81,11 @@ fn a_slow_consumer_is_cut_off_and_nobody_else_waits() {
         for i in 0..WINDOW {
             publisher.expect_line(b"CONFIRMED");
             let expected = format!("{}{payload}", batch * WINDOW + i);
-            assert_eq!(
-                healthy.line(),
-                expected.as_bytes(),
-                "the healthy subscriber missed one"
-            );
+            assert_eq!(healthy.line(), expected.as_bytes(), "the healthy subscriber missed one");
         }
     }
     let growth_kib = server.rss_kib().saturating_sub(rss_before);
-    assert!(
-        growth_kib < 16 * 1024,
-        "server memory grew by {growth_kib} KiB"
-    );
+    assert!(growth_kib < 16 * 1024, "server memory grew by {growth_kib} KiB");
 
     // The slow one gets what fitted, in order, then the error, then EOF.
     let mut received = 0;

@@ -11,20 +11,12 @@ fn version_2_payloads_are_byte_exact() {
     let mut subscriber = server.connect_v2();
     subscriber.command("SUBSCRIBE bin", "CONFIRMED");
     let mut publisher = server.connect();
-    let payloads: [&[u8]; 5] = [
-        b"with spaces  ",
-        b"cr\rinside",
-        b"\xff\xfe not utf-8 \xc3",
-        b"nul\x00byte",
-        b"",
-    ];
+    let payloads: [&[u8]; 5] =
+        [b"with spaces  ", b"cr\rinside", b"\xff\xfe not utf-8 \xc3", b"nul\x00byte", b""];
     for payload in payloads {
         publisher.send(&[b"PUBLISH bin ".as_slice(), payload, b"\r\n"].concat());
         publisher.expect_line(b"CONFIRMED");
-        assert_eq!(
-            subscriber.push_v2(),
-            (None, b"bin".to_vec(), payload.to_vec())
-        );
+        assert_eq!(subscriber.push_v2(), (None, b"bin".to_vec(), payload.to_vec()));
     }
 }
 
@@ -40,10 +32,7 @@ fn names_and_commands_are_bytes() {
     publisher.expect_line(b"CONFIRMED");
     publisher.expect_line(b"UNKNOWN COMMAND");
     publisher.expect_line(b"UNKNOWN COMMAND");
-    assert_eq!(
-        subscriber.push_v2(),
-        (None, b"\xff\xfe".to_vec(), b"\x00\xff".to_vec())
-    );
+    assert_eq!(subscriber.push_v2(), (None, b"\xff\xfe".to_vec(), b"\x00\xff".to_vec()));
 }
 
 #[test]
@@ -76,10 +65,7 @@ fn an_over_long_line_closes_only_that_connection() {
     let mut bystander = server.connect();
     bystander.command("SUBSCRIBE", "CONFIRMED");
     let mut client = server.connect();
-    client.command(
-        &format!("PING {}", "x".repeat(1019)),
-        &format!("PONG {}", "x".repeat(1019)),
-    );
+    client.command(&format!("PING {}", "x".repeat(1019)), &format!("PONG {}", "x".repeat(1019)));
     client.send(format!("PUBLISH updates {}\r\n", "y".repeat(100_000)).as_bytes());
     client.expect_line(b"ERR line too long");
     client.expect_eof();

@@ -1,7 +1,7 @@
 //! The Redis backend against a real `redis-server` on a free loopback port.
 
 mod common;
-use common::{Client, Redis, Server};
+use common::{Client, Redis, Server, TlsFiles};
 
 fn node(redis: &Redis) -> Server {
     let server = Server::start(&["--redis", &redis.url()]);
@@ -30,16 +30,9 @@ fn payloads_from_redis_are_byte_exact() {
     client.command("SUBSCRIBE bin", "CONFIRMED");
     client.command("PSUBSCRIBE b?n", "CONFIRMED");
     let payload = b"line\r\nbreak \xff\x00 end";
-    assert_eq!(
-        redis.publish(b"bin", payload),
-        2,
-        "one Redis subscription each"
-    );
+    assert_eq!(redis.publish(b"bin", payload), 2, "one Redis subscription each");
     assert_eq!(client.push_v2(), (None, b"bin".to_vec(), payload.to_vec()));
-    assert_eq!(
-        client.push_v2(),
-        (Some(b"b?n".to_vec()), b"bin".to_vec(), payload.to_vec())
-    );
+    assert_eq!(client.push_v2(), (Some(b"b?n".to_vec()), b"bin".to_vec(), payload.to_vec()));
 }
 
 #[test]
@@ -54,15 +47,7 @@ fn crier_publish_goes_through_redis() {
     }
     let mut publisher = server.connect();
     publisher.command("PUBLISH news hello from crier", "CONFIRMED");
-    for expected in [
-        "*3",
-        "$7",
-        "message",
-        "$4",
-        "news",
-        "$16",
-        "hello from crier",
-    ] {
+    for expected in ["*3", "$7", "message", "$4", "news", "$16", "hello from crier"] {
         watcher.expect_line(expected.as_bytes());
     }
 }
@@ -88,11 +73,7 @@ fn one_redis_subscription_per_channel_in_use() {
     assert_eq!(redis.numsub(b"shared"), 1, "one local subscriber is left");
     clients[1].command("UNSUBSCRIBE shared", "CONFIRMED");
     clients[1].command("SUBSCRIBE sync.2", "CONFIRMED");
-    assert_eq!(
-        redis.numsub(b"shared"),
-        0,
-        "dropped after the last one left"
-    );
+    assert_eq!(redis.numsub(b"shared"), 0, "dropped after the last one left");
 }
 
 #[test]
@@ -103,15 +84,8 @@ fn confirmed_means_redis_acknowledged() {
     for i in 0..300 {
         let channel = format!("fresh.{i}");
         client.command(&format!("SUBSCRIBE {channel}"), "CONFIRMED");
-        assert_eq!(
-            redis.publish(channel.as_bytes(), b"m"),
-            1,
-            "{channel} not yet subscribed"
-        );
-        assert_eq!(
-            client.push_v2(),
-            (None, channel.into_bytes(), b"m".to_vec())
-        );
+        assert_eq!(redis.publish(channel.as_bytes(), b"m"), 1, "{channel} not yet subscribed");
+        assert_eq!(client.push_v2(), (None, channel.into_bytes(), b"m".to_vec()));
     }
 }
 
@@ -157,14 +131,7 @@ fn redis_killed_and_restarted() {
     assert_eq!(redis.publish(b"kept", b"back"), 1);
     assert_eq!(client.push_v2(), (None, b"kept".to_vec(), b"back".to_vec()));
     assert_eq!(redis.publish(b"kept.too", b"p"), 1);
-    assert_eq!(
-        client.push_v2(),
-        (
-            Some(b"kept.*".to_vec()),
-            b"kept.too".to_vec(),
-            b"p".to_vec()
-        )
-    );
+    assert_eq!(client.push_v2(), (Some(b"kept.*".to_vec()), b"kept.too".to_vec(), b"p".to_vec()));
     client.command("SUBSCRIBE new", "CONFIRMED");
     server.connect().command("PUBLISH new y", "CONFIRMED");
     assert_eq!(client.push_v2(), (None, b"new".to_vec(), b"y".to_vec()));
@@ -189,10 +156,7 @@ fn started_while_redis_is_down() {
 #[test]
 fn password_and_database_in_the_url() {
     let redis = Redis::start();
-    assert_eq!(
-        redis.command(&[b"CONFIG", b"SET", b"requirepass", b"s3cret"]),
-        b"+OK\r\n"
-    );
+    assert_eq!(redis.command(&[b"CONFIG", b"SET", b"requirepass", b"s3cret"]), b"+OK\r\n");
     let url = format!("redis://:s3cret@127.0.0.1:{}/3", redis.port);
     let server = Server::start(&["--redis", &url]);
     server.wait_log("redis: connected");
@@ -222,4 +186,24 @@ fn a_silent_redis_is_detected_like_a_cut_network() {
     server.wait_log("redis: connected; 1 channels and patterns subscribed");
     assert_eq!(redis.publish(b"updates", b"resumed"), 1);
     client.expect_line(b"resumed");
+}
+
+#[test]
+fn rediss_urls_speak_tls_and_verify_the_certificate() {
+    let tls = TlsFiles::create();
+    let redis = Redis::start_tls(&tls);
+    let url = format!("rediss://localhost:{}", redis.port);
+    // The test CA is trusted through SSL_CERT_FILE, as an operator would do.
+    let ca = tls.dir.join("ca.crt");
+    let server =
+        Server::start_with_env(&["--redis", &url], &[("SSL_CERT_FILE", ca.to_str().unwrap())]);
+    server.wait_log("redis: connected");
+    let mut client = server.connect();
+    client.command("SUBSCRIBE", "CONFIRMED");
+    server.connect().command("PUBLISH updates encrypted", "CONFIRMED");
+    client.expect_line(b"encrypted");
+
+    // Without the CA the certificate is refused: no silent downgrade.
+    let untrusted = Server::start_with_env(&["--redis", &url], &[("SSL_CERT_FILE", "/dev/null")]);
+    untrusted.wait_log("redis: cannot connect");
 }

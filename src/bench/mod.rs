@@ -44,6 +44,15 @@ pub enum Mode {
     Conns,
 }
 
+impl Mode {
+    pub fn name(self) -> &'static str {
+        match self {
+            Mode::Fanout => "fanout",
+            Mode::Conns => "conns",
+        }
+    }
+}
+
 /// Load generator for crier, Redis and NATS pub/sub (`crier bench ...`).
 #[derive(Debug, clap::Args)]
 pub struct BenchArgs {
@@ -331,8 +340,14 @@ pub async fn run(args: BenchArgs) -> Result<()> {
             Ok(Some(Ok(()))) => ready += 1,
             Ok(Some(Err(e))) => {
                 gate.close();
+                let hint = if e.contains("protected mode") {
+                    " (Redis in protected mode accepts only 127.0.0.1: start it with \
+                     --protected-mode no, or pass --source-addrs 1)"
+                } else {
+                    ""
+                };
                 bail!(
-                    "only {ready} of {} subscribers could subscribe; first failure: {e}",
+                    "only {ready} of {} subscribers could subscribe; first failure: {e}{hint}",
                     p.subscribers
                 );
             }

@@ -61,11 +61,12 @@ impl Connector {
     pub async fn connect(&self, index: usize) -> Result<TcpStream> {
         let source = (!self.sources.is_empty()).then(|| self.sources[index % self.sources.len()]);
         let attempt = async {
-            let sock = TcpSocket::new_v4().or_else(|e| match self.server {
-                SocketAddr::V6(_) => TcpSocket::new_v6(),
-                SocketAddr::V4(_) => Err(e),
-            })?;
+            let sock = match self.server {
+                SocketAddr::V4(_) => TcpSocket::new_v4()?,
+                SocketAddr::V6(_) => TcpSocket::new_v6()?,
+            };
             if let Some(ip) = source {
+                defer_port_choice(&sock);
                 sock.bind(SocketAddr::new(IpAddr::V4(ip), 0))?;
             }
             let stream = sock.connect(self.server).await?;
@@ -82,6 +83,33 @@ impl Connector {
             ),
         }
     }
+}
+
+/// Sets IP_BIND_ADDRESS_NO_PORT: with it, `bind(ip, 0)` picks no port and
+/// `connect` later chooses one for the full 4-tuple. Without it, bind scans
+/// for a port that is free for every destination, which gets slow (seconds of
+/// kernel CPU for 10,000 connections) once earlier runs have left tens of
+/// thousands of TIME_WAIT sockets, and caps a source address at ~28k ports.
+/// Best effort: on failure the plain bind still works.
+fn defer_port_choice(sock: &TcpSocket) {
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::fd::AsRawFd;
+        let one: libc::c_int = 1;
+        // SAFETY: a valid socket descriptor and a c_int option value of the
+        // size we pass; setsockopt does not keep the pointer.
+        unsafe {
+            libc::setsockopt(
+                sock.as_raw_fd(),
+                libc::IPPROTO_IP,
+                libc::IP_BIND_ADDRESS_NO_PORT,
+                (&one as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            );
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = sock;
 }
 
 /// Adds the likely cause and the fix to the errors that stop big runs.

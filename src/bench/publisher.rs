@@ -147,7 +147,7 @@ async fn read_replies(
                             if per_pong == 0 {
                                 permits += 1;
                             }
-                            note(&r.first_error, String::from_utf8_lossy(e).into_owned());
+                            note(&r.first_error, targets::show(e));
                         }
                         _ => {}
                     }

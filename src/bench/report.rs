@@ -168,9 +168,9 @@ impl Report {
             (None, None) => "-".into(),
         };
         println!(
-            "crier bench: target={} mode={:?} addr={} publish_via={}",
+            "crier bench: target={} mode={} addr={} publish_via={}",
             self.target.name(),
-            self.mode,
+            self.mode.name(),
             self.addr,
             self.publish_via
         );
@@ -179,11 +179,14 @@ impl Report {
             self.subscribers, self.publishers, self.channels, self.size, rate, limit, self.window
         );
         println!(
-            "  setup:      {} connections subscribed in {:.2} s over {} source address(es); {} failed",
-            self.subscribers, self.setup_s, self.source_addrs, self.sub_errors
+            "  setup:      {} subscribers confirmed in {:.2} s over {} source address(es)",
+            self.subscribers, self.setup_s, self.source_addrs
         );
         if let Some(e) = &self.first_sub_error {
-            println!("              first subscriber error: {e}");
+            println!(
+                "  sub errors: {} subscriber connection(s) ended early; first: {e}",
+                self.sub_errors
+            );
         }
         println!(
             "  published:  {} msgs in {:.3} s = {:.0} msgs/s (acked {}, errors {})",

@@ -168,8 +168,7 @@ pub async fn run(
                         }
                         Frame::Ping => ping = true,
                         Frame::Error(e) => {
-                            st.error =
-                                Some(format!("server said {:?}", String::from_utf8_lossy(e)));
+                            st.error = Some(format!("server said {:?}", targets::show(e)));
                         }
                         _ => {}
                     }

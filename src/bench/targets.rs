@@ -256,6 +256,17 @@ fn resp_command(out: &mut Vec<u8>, words: &[&[u8]]) {
     }
 }
 
+/// A server's error text for a message: lossy UTF-8, cut to a sane length
+/// (Redis's protected-mode refusal alone is ~1 KiB).
+pub fn show(text: &[u8]) -> String {
+    const MAX: usize = 160;
+    let s = String::from_utf8_lossy(text);
+    match s.char_indices().nth(MAX) {
+        Some((cut, _)) => format!("{}...", &s[..cut]),
+        None => s.into_owned(),
+    }
+}
+
 /// The bench's channel (NATS subject) names.
 pub fn channel_name(i: usize) -> String {
     format!("bench.{i}")
@@ -291,7 +302,7 @@ pub async fn expect(
                 Frame::Pong if want == Want::Pong => count -= 1,
                 Frame::Info if want == Want::Info => count -= 1,
                 Frame::Ping => ping = true,
-                Frame::Error(e) => bail!("server replied {:?}", String::from_utf8_lossy(e)),
+                Frame::Error(e) => bail!("server replied {:?}", show(e)),
                 _ => {}
             }
         }

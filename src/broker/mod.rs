@@ -37,17 +37,11 @@ pub enum Kind {
 
 impl Topic {
     pub fn channel(name: Bytes) -> Topic {
-        Topic {
-            kind: Kind::Channel,
-            name,
-        }
+        Topic { kind: Kind::Channel, name }
     }
 
     pub fn pattern(name: Bytes) -> Topic {
-        Topic {
-            kind: Kind::Pattern,
-            name,
-        }
+        Topic { kind: Kind::Pattern, name }
     }
 }
 

@@ -80,19 +80,11 @@ impl RedisBroker {
             shutdown,
         };
         tokio::spawn(subscriber.run());
-        Ok(Arc::new(RedisBroker {
-            registry,
-            requests,
-            publisher,
-            target,
-        }))
+        Ok(Arc::new(RedisBroker { registry, requests, publisher, target }))
     }
 
     fn publisher(&self) -> Option<MultiplexedConnection> {
-        self.publisher
-            .read()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .clone()
+        self.publisher.read().unwrap_or_else(|poisoned| poisoned.into_inner()).clone()
     }
 }
 
@@ -230,26 +222,19 @@ impl Subscriber {
             let publisher = self.client.get_multiplexed_async_connection().await?;
             redis::RedisResult::Ok((pubsub, publisher))
         };
-        let (pubsub, publisher) = tokio::time::timeout(REDIS_TIMEOUT, connect)
-            .await
-            .map_err(|_| timed_out())??;
+        let (pubsub, publisher) =
+            tokio::time::timeout(REDIS_TIMEOUT, connect).await.map_err(|_| timed_out())??;
         let (mut sink, stream) = pubsub.split();
         let topics: Vec<Topic> = self.wanted.keys().cloned().collect();
         send(&mut sink, Command::Subscribe, &topics).await?;
         let reader = tokio::spawn(read_messages(stream, Arc::clone(&self.registry)));
         self.set_publisher(Some(publisher));
-        tracing::info!(
-            "redis: connected; {} channels and patterns subscribed",
-            topics.len()
-        );
+        tracing::info!("redis: connected; {} channels and patterns subscribed", topics.len());
         Ok(Session { sink, reader })
     }
 
     fn set_publisher(&self, publisher: Option<MultiplexedConnection>) {
-        *self
-            .publisher
-            .write()
-            .unwrap_or_else(|poisoned| poisoned.into_inner()) = publisher;
+        *self.publisher.write().unwrap_or_else(|poisoned| poisoned.into_inner()) = publisher;
     }
 
     /// Serves requests until the connection is lost (`Err`) or shutdown (`Ok`).
@@ -316,10 +301,7 @@ impl Subscriber {
             Ok(()) => send(sink, Command::Subscribe, &joining).await,
             Err(error) => Err(error),
         };
-        let outcome = joined
-            .as_ref()
-            .map(|_| ())
-            .map_err(|_| BrokerError::Unavailable);
+        let outcome = joined.as_ref().map(|_| ()).map_err(|_| BrokerError::Unavailable);
         for (topic, reply) in waiting {
             if outcome.is_err() {
                 self.release(&topic);
@@ -343,11 +325,8 @@ enum Command {
 /// acknowledgement, bounded by `REDIS_TIMEOUT`.
 async fn send(sink: &mut PubSubSink, command: Command, topics: &[Topic]) -> redis::RedisResult<()> {
     for kind in [Kind::Channel, Kind::Pattern] {
-        let names: Vec<&[u8]> = topics
-            .iter()
-            .filter(|t| t.kind == kind)
-            .map(|t| &t.name[..])
-            .collect();
+        let names: Vec<&[u8]> =
+            topics.iter().filter(|t| t.kind == kind).map(|t| &t.name[..]).collect();
         if names.is_empty() {
             continue;
         }
@@ -359,18 +338,13 @@ async fn send(sink: &mut PubSubSink, command: Command, topics: &[Topic]) -> redi
                 (Command::Unsubscribe, Kind::Pattern) => sink.punsubscribe(&names).await,
             }
         };
-        tokio::time::timeout(REDIS_TIMEOUT, acknowledged)
-            .await
-            .map_err(|_| timed_out())??;
+        tokio::time::timeout(REDIS_TIMEOUT, acknowledged).await.map_err(|_| timed_out())??;
     }
     Ok(())
 }
 
 fn timed_out() -> redis::RedisError {
-    redis::RedisError::from(std::io::Error::new(
-        std::io::ErrorKind::TimedOut,
-        "redis timed out",
-    ))
+    redis::RedisError::from(std::io::Error::new(std::io::ErrorKind::TimedOut, "redis timed out"))
 }
 
 /// Delivers every message Redis sends until the connection ends.

@@ -43,12 +43,7 @@ struct Frames<'a> {
 
 impl<'a> Frames<'a> {
     fn new(channel: &'a [u8], payload: &'a [u8]) -> Self {
-        Frames {
-            channel,
-            payload,
-            v1: None,
-            v2: None,
-        }
+        Frames { channel, payload, v1: None, v2: None }
     }
 
     /// Pushes the message to each subscriber in its form; returns how many took it.
@@ -75,8 +70,7 @@ fn read<T>(lock: &RwLock<T>) -> RwLockReadGuard<'_, T> {
 }
 
 fn write<T>(lock: &RwLock<T>) -> RwLockWriteGuard<'_, T> {
-    lock.write()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
+    lock.write().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 impl Registry {
@@ -92,12 +86,10 @@ impl Registry {
             }
             Kind::Pattern => {
                 let mut patterns = write(&self.patterns);
-                let pattern = patterns
-                    .entry(topic.name.clone())
-                    .or_insert_with(|| PatternEntry {
-                        glob: Glob::new(&topic.name),
-                        subscribers: Subscribers::default(),
-                    });
+                let pattern = patterns.entry(topic.name.clone()).or_insert_with(|| PatternEntry {
+                    glob: Glob::new(&topic.name),
+                    subscribers: Subscribers::default(),
+                });
                 pattern.subscribers.insert(entry.0, entry.1);
                 pattern.subscribers.len()
             }
@@ -125,12 +117,9 @@ impl Registry {
         }
         match topic.kind {
             Kind::Channel => remove_from(&mut write(&self.channels), &topic.name, |s| s, id),
-            Kind::Pattern => remove_from(
-                &mut write(&self.patterns),
-                &topic.name,
-                |p| &mut p.subscribers,
-                id,
-            ),
+            Kind::Pattern => {
+                remove_from(&mut write(&self.patterns), &topic.name, |p| &mut p.subscribers, id)
+            }
         }
     }
 
@@ -186,21 +175,14 @@ mod tests {
     #[tokio::test]
     async fn one_encoding_shared_by_all_subscribers() {
         let registry = Registry::default();
-        let (a, b) = (
-            Arc::new(Outbox::new(1, 1024)),
-            Arc::new(Outbox::new(2, 1024)),
-        );
+        let (a, b) = (Arc::new(Outbox::new(1, 1024)), Arc::new(Outbox::new(2, 1024)));
         let topic = Topic::channel(Bytes::from("news"));
         assert_eq!(registry.add(&topic, &a), 1);
         assert_eq!(registry.add(&topic, &b), 2);
         assert_eq!(registry.publish(b"news", b"hi"), 2);
         let (fa, fb) = (drain(&a).await, drain(&b).await);
         assert_eq!(fa, [Bytes::from("hi\r\n")]);
-        assert_eq!(
-            fa[0].as_ptr(),
-            fb[0].as_ptr(),
-            "the same buffer, not a copy"
-        );
+        assert_eq!(fa[0].as_ptr(), fb[0].as_ptr(), "the same buffer, not a copy");
     }
 
     #[tokio::test]
@@ -219,10 +201,7 @@ mod tests {
                 Bytes::from("PMESSAGE news.* news.x 1\r\np\r\n")
             ]
         );
-        assert_eq!(
-            registry.remove(&Topic::pattern(Bytes::from("news.*")), 1),
-            0
-        );
+        assert_eq!(registry.remove(&Topic::pattern(Bytes::from("news.*")), 1), 0);
         assert_eq!(registry.publish(b"news.x", b"p"), 1);
     }
 }

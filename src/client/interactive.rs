@@ -19,12 +19,7 @@ pub async fn run(addr: &str) -> anyhow::Result<()> {
     let sending = async {
         loop {
             line.clear();
-            if stdin
-                .read_until(b'\n', &mut line)
-                .await
-                .context("reading standard input")?
-                == 0
-            {
+            if stdin.read_until(b'\n', &mut line).await.context("reading standard input")? == 0 {
                 // End of input: let the server finish answering, then it closes.
                 return writer.shutdown().await.context("closing the connection");
             }
@@ -53,21 +48,10 @@ async fn print_frames(mut frames: FrameReader) -> anyhow::Result<()> {
         let mut out = std::io::stdout().lock();
         match frame {
             Frame::Line(line) => out.write_all(&line)?,
-            Frame::Message {
-                pattern: None,
-                channel,
-                payload,
-            } => write!(
-                out,
-                "message {}: {}",
-                channel.escape_ascii(),
-                payload.escape_ascii()
-            )?,
-            Frame::Message {
-                pattern: Some(pattern),
-                channel,
-                payload,
-            } => write!(
+            Frame::Message { pattern: None, channel, payload } => {
+                write!(out, "message {}: {}", channel.escape_ascii(), payload.escape_ascii())?
+            }
+            Frame::Message { pattern: Some(pattern), channel, payload } => write!(
                 out,
                 "message {} (pattern {}): {}",
                 channel.escape_ascii(),

@@ -30,11 +30,7 @@ pub enum Frame {
     /// A reply, or a version 1 push: one line without its CRLF.
     Line(Bytes),
     /// A version 2 push; `pattern` is set for a delivery through a pattern.
-    Message {
-        pattern: Option<Bytes>,
-        channel: Bytes,
-        payload: Bytes,
-    },
+    Message { pattern: Option<Bytes>, channel: Bytes, payload: Bytes },
 }
 
 /// Reads [`Frame`]s. A line of the exact shape `MESSAGE <channel> <n>` or
@@ -47,10 +43,7 @@ pub struct FrameReader {
 
 impl FrameReader {
     pub fn new(reader: OwnedReadHalf) -> FrameReader {
-        FrameReader {
-            reader,
-            buf: BytesMut::with_capacity(8192),
-        }
+        FrameReader { reader, buf: BytesMut::with_capacity(8192) }
     }
 
     /// The next frame, or `None` once the server closed the connection.
@@ -68,11 +61,7 @@ impl FrameReader {
         }
         let payload = self.buf.split_to(len).freeze();
         self.buf.advance(2);
-        Ok(Some(Frame::Message {
-            pattern,
-            channel,
-            payload,
-        }))
+        Ok(Some(Frame::Message { pattern, channel, payload }))
     }
 
     async fn line(&mut self) -> anyhow::Result<Option<Bytes>> {
@@ -93,11 +82,7 @@ impl FrameReader {
 
     async fn fill(&mut self) -> anyhow::Result<bool> {
         self.buf.reserve(8192);
-        let read = self
-            .reader
-            .read_buf(&mut self.buf)
-            .await
-            .context("reading from crier")?;
+        let read = self.reader.read_buf(&mut self.buf).await.context("reading from crier")?;
         Ok(read > 0)
     }
 }

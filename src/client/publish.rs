@@ -35,19 +35,11 @@ pub async fn run(args: PubArgs) -> anyhow::Result<()> {
         if args.message == "-" {
             let mut stdin = BufReader::new(tokio::io::stdin());
             let mut line = Vec::new();
-            while stdin
-                .read_until(b'\n', &mut line)
-                .await
-                .context("reading standard input")?
-                > 0
-            {
+            while stdin.read_until(b'\n', &mut line).await.context("reading standard input")? > 0 {
                 while matches!(line.last(), Some(b'\n' | b'\r')) {
                     line.pop();
                 }
-                writer
-                    .write_all(&publish(&line))
-                    .await
-                    .context("sending to crier")?;
+                writer.write_all(&publish(&line)).await.context("sending to crier")?;
                 line.clear();
             }
         } else {

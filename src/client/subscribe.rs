@@ -30,18 +30,12 @@ pub async fn run(args: SubArgs) -> anyhow::Result<()> {
     }
     let (reader, mut writer) = connect(&args.addr).await?.into_split();
     let mut request = b"HELLO 2\r\n".to_vec();
-    for (command, names) in [
-        ("SUBSCRIBE", &args.channels),
-        ("PSUBSCRIBE", &args.patterns),
-    ] {
+    for (command, names) in [("SUBSCRIBE", &args.channels), ("PSUBSCRIBE", &args.patterns)] {
         if !names.is_empty() {
             request.extend_from_slice(format!("{command} {}\r\n", names.join(" ")).as_bytes());
         }
     }
-    writer
-        .write_all(&request)
-        .await
-        .context("sending to crier")?;
+    writer.write_all(&request).await.context("sending to crier")?;
 
     let mut frames = FrameReader::new(reader);
     let mut unconfirmed = 1 + args.channels.len() + args.patterns.len();
@@ -56,9 +50,7 @@ pub async fn run(args: SubArgs) -> anyhow::Result<()> {
                 }
             }
             Frame::Line(reply) => bail!("crier answered: {}", reply.escape_ascii()),
-            Frame::Message {
-                channel, payload, ..
-            } => {
+            Frame::Message { channel, payload, .. } => {
                 if !args.raw {
                     out.write_all(&channel)?;
                     out.write_all(b" ")?;

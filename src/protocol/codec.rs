@@ -104,10 +104,7 @@ mod tests {
     #[test]
     fn splits_crlf_and_lf() {
         let got = lines(b"PING\r\nSUBSCRIBE a\n\r\npart", 100);
-        let text: Vec<_> = got
-            .iter()
-            .map(|l| l.clone().map(|l| l.map(|l| l.to_vec())))
-            .collect();
+        let text: Vec<_> = got.iter().map(|l| l.clone().map(|l| l.map(|l| l.to_vec()))).collect();
         assert_eq!(
             text,
             vec![
@@ -124,24 +121,14 @@ mod tests {
         assert!(matches!(lines(b"12345\r\n", 5)[0], Ok(Some(_))));
         assert_eq!(lines(b"123456\r\n", 5)[0], Err(FrameError::LineTooLong));
         assert_eq!(lines(b"1234567", 5)[0], Err(FrameError::LineTooLong));
-        assert_eq!(
-            lines(b"123456", 5)[0],
-            Ok(None),
-            "one byte of slack for the CR"
-        );
+        assert_eq!(lines(b"123456", 5)[0], Ok(None), "one byte of slack for the CR");
     }
 
     #[test]
     fn encodes_pushes() {
         assert_eq!(&push_v1(b"hi there")[..], b"hi there\r\n");
-        assert_eq!(
-            &push_message(b"ch", b"a\r\nb")[..],
-            b"MESSAGE ch 4\r\na\r\nb\r\n"
-        );
-        assert_eq!(
-            &push_pmessage(b"c*", b"ch", b"")[..],
-            b"PMESSAGE c* ch 0\r\n\r\n"
-        );
+        assert_eq!(&push_message(b"ch", b"a\r\nb")[..], b"MESSAGE ch 4\r\na\r\nb\r\n");
+        assert_eq!(&push_pmessage(b"c*", b"ch", b"")[..], b"PMESSAGE c* ch 0\r\n\r\n");
         assert_eq!(&push_message(b"x", &[7; 1234])[..16], b"MESSAGE x 1234\r\n");
     }
 }

@@ -68,9 +68,7 @@ impl Command {
         // Names are copied out: they outlive the line (in the subscription
         // tables), and a slice would pin the connection's whole read buffer.
         let names = |words: Words<'_>| -> Result<Vec<Bytes>, ParseError> {
-            words
-                .map(|word| valid_name(word).map(Bytes::copy_from_slice))
-                .collect()
+            words.map(|word| valid_name(word).map(Bytes::copy_from_slice)).collect()
         };
 
         if is("subscribe") {
@@ -88,10 +86,7 @@ impl Command {
         } else if is("publish") {
             let channel = words.next().ok_or(ParseError::Arity("publish"))?;
             let channel = Bytes::copy_from_slice(valid_name(channel)?);
-            Ok(Command::Publish {
-                channel,
-                payload: slice(words.rest()),
-            })
+            Ok(Command::Publish { channel, payload: slice(words.rest()) })
         } else if is("ping") {
             Ok(Command::Ping(slice(words.rest_after_space())))
         } else if is("hello") {
@@ -177,9 +172,7 @@ mod tests {
     }
 
     fn names(list: &[&str]) -> Vec<Bytes> {
-        list.iter()
-            .map(|n| Bytes::copy_from_slice(n.as_bytes()))
-            .collect()
+        list.iter().map(|n| Bytes::copy_from_slice(n.as_bytes())).collect()
     }
 
     #[test]
@@ -187,10 +180,7 @@ mod tests {
         assert_eq!(parse(b"SUBSCRIBE"), Ok(Command::Subscribe(vec![])));
         assert_eq!(parse(b"subscribe"), Ok(Command::Subscribe(vec![])));
         assert_eq!(parse(b"UNSUBSCRIBE"), Ok(Command::Unsubscribe(vec![])));
-        assert_eq!(
-            parse(b"HELLO WORLD"),
-            Ok(Command::Hello(Hello::Unsupported))
-        );
+        assert_eq!(parse(b"HELLO WORLD"), Ok(Command::Hello(Hello::Unsupported)));
         assert_eq!(parse(b"FOO"), Ok(Command::Unknown));
         assert_eq!(parse(b""), Ok(Command::Unknown));
         assert_eq!(parse(b" \t "), Ok(Command::Unknown));
@@ -198,18 +188,9 @@ mod tests {
 
     #[test]
     fn words_and_blanks() {
-        assert_eq!(
-            parse(b"  SubScribe\ta   b\t "),
-            Ok(Command::Subscribe(names(&["a", "b"])))
-        );
-        assert_eq!(
-            parse(b"PSUBSCRIBE news.*"),
-            Ok(Command::PSubscribe(names(&["news.*"])))
-        );
-        assert_eq!(
-            parse(b"PUNSUBSCRIBE a b"),
-            Ok(Command::PUnsubscribe(names(&["a", "b"])))
-        );
+        assert_eq!(parse(b"  SubScribe\ta   b\t "), Ok(Command::Subscribe(names(&["a", "b"]))));
+        assert_eq!(parse(b"PSUBSCRIBE news.*"), Ok(Command::PSubscribe(names(&["news.*"]))));
+        assert_eq!(parse(b"PUNSUBSCRIBE a b"), Ok(Command::PUnsubscribe(names(&["a", "b"]))));
     }
 
     #[test]
@@ -220,10 +201,7 @@ mod tests {
                 payload: Bytes::copy_from_slice(payload),
             })
         };
-        assert_eq!(
-            parse(b"PUBLISH ch hello world "),
-            publish("ch", b"hello world ")
-        );
+        assert_eq!(parse(b"PUBLISH ch hello world "), publish("ch", b"hello world "));
         assert_eq!(parse(b"PUBLISH ch  two"), publish("ch", b" two"));
         assert_eq!(parse(b"PUBLISH ch"), publish("ch", b""));
         assert_eq!(parse(b"PUBLISH ch "), publish("ch", b""));
@@ -234,18 +212,9 @@ mod tests {
     #[test]
     fn ping_hello_quit() {
         assert_eq!(parse(b"PING"), Ok(Command::Ping(Bytes::new())));
-        assert_eq!(
-            parse(b"PING  hi there "),
-            Ok(Command::Ping(Bytes::from("hi there")))
-        );
-        assert_eq!(
-            parse(b"HELLO 2"),
-            Ok(Command::Hello(Hello::Supported(Version::V2)))
-        );
-        assert_eq!(
-            parse(b"hello 1"),
-            Ok(Command::Hello(Hello::Supported(Version::V1)))
-        );
+        assert_eq!(parse(b"PING  hi there "), Ok(Command::Ping(Bytes::from("hi there"))));
+        assert_eq!(parse(b"HELLO 2"), Ok(Command::Hello(Hello::Supported(Version::V2))));
+        assert_eq!(parse(b"hello 1"), Ok(Command::Hello(Hello::Supported(Version::V1))));
         assert_eq!(parse(b"HELLO 3"), Ok(Command::Hello(Hello::Unsupported)));
         assert_eq!(parse(b"HELLO"), Err(ParseError::Arity("hello")));
         assert_eq!(parse(b"HELLO 2 x"), Err(ParseError::Arity("hello")));
@@ -256,27 +225,15 @@ mod tests {
     #[test]
     fn names_are_checked() {
         assert_eq!(parse(b"PSUBSCRIBE"), Err(ParseError::Arity("psubscribe")));
-        assert_eq!(
-            parse(b"PUNSUBSCRIBE"),
-            Err(ParseError::Arity("punsubscribe"))
-        );
+        assert_eq!(parse(b"PUNSUBSCRIBE"), Err(ParseError::Arity("punsubscribe")));
         let long = [b"SUBSCRIBE ".as_slice(), &[b'x'; 257]].concat();
         assert_eq!(parse(&long), Err(ParseError::InvalidChannel));
-        assert!(
-            parse(&long[..long.len() - 1]).is_ok(),
-            "256 bytes is allowed"
-        );
-        assert_eq!(
-            parse(b"SUBSCRIBE ok bad\x01"),
-            Err(ParseError::InvalidChannel)
-        );
+        assert!(parse(&long[..long.len() - 1]).is_ok(), "256 bytes is allowed");
+        assert_eq!(parse(b"SUBSCRIBE ok bad\x01"), Err(ParseError::InvalidChannel));
         assert_eq!(parse(b"PUBLISH a\x7f x"), Err(ParseError::InvalidChannel));
         assert_eq!(
             parse(b"SUBSCRIBE caf\xc3\xa9 \xff"),
-            Ok(Command::Subscribe(vec![
-                Bytes::from("café"),
-                Bytes::from_static(b"\xff")
-            ]))
+            Ok(Command::Subscribe(vec![Bytes::from("café"), Bytes::from_static(b"\xff")]))
         );
     }
 }

@@ -55,12 +55,7 @@ pub async fn serve<B: Broker>(
     let closed = shutdown.child_token();
     let writer = tokio::spawn(write_loop(writer, Arc::clone(&outbox), closed.clone()));
 
-    let mut session = Session {
-        broker,
-        config,
-        outbox,
-        topics: HashSet::new(),
-    };
+    let mut session = Session { broker, config, outbox, topics: HashSet::new() };
     let end = session.read_loop(&mut reader, &closed).await;
     session.leave();
     closed.cancel();
@@ -176,11 +171,7 @@ impl<B: Broker> Session<B> {
 
     /// A bare `SUBSCRIBE` or `UNSUBSCRIBE` means the default channel (the seed's behaviour).
     fn or_default(&self, names: Vec<Bytes>) -> Vec<Bytes> {
-        if names.is_empty() {
-            vec![self.config.default_channel.clone()]
-        } else {
-            names
-        }
+        if names.is_empty() { vec![self.config.default_channel.clone()] } else { names }
     }
 
     async fn subscribe(&mut self, topic: Topic) {
@@ -242,9 +233,7 @@ async fn write_loop(mut writer: OwnedWriteHalf, outbox: Arc<Outbox>, closed: Can
         match outbox.next(&mut batch).await {
             Next::Write => {
                 buf.clear();
-                batch
-                    .drain(..)
-                    .for_each(|frame| buf.extend_from_slice(&frame));
+                batch.drain(..).for_each(|frame| buf.extend_from_slice(&frame));
                 if write(&mut writer, &buf, &closed).await.is_err() {
                     break;
                 }

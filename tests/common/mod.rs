@@ -34,22 +34,13 @@ impl Server {
 
     pub fn start_with_env(args: &[&str], env: &[(&str, &str)]) -> Server {
         let mut command = Command::new(env!("CARGO_BIN_EXE_crier"));
-        command
-            .arg("serve")
-            .arg("--listen")
-            .arg("127.0.0.1:0")
-            .args(args);
+        command.arg("serve").arg("--listen").arg("127.0.0.1:0").args(args);
         command.envs(env.iter().copied()).env("CRIER_LOG", "info");
         command.stdout(Stdio::null()).stderr(Stdio::piped());
         let mut child = command.spawn().expect("start crier");
         let stderr = child.stderr.take().expect("stderr");
         let (addr, early, log) = wait_for_listening(stderr);
-        Server {
-            addr,
-            child,
-            early: RefCell::new(early),
-            log,
-        }
+        Server { addr, child, early: RefCell::new(early), log }
     }
 
     pub fn pid(&self) -> u32 {
@@ -120,9 +111,7 @@ fn wait_for_listening(
     });
     let mut early = VecDeque::new();
     loop {
-        let line = log
-            .recv_timeout(DEADLINE)
-            .expect("crier did not start listening");
+        let line = log.recv_timeout(DEADLINE).expect("crier did not start listening");
         if let Some(rest) = line.split("listening on ").nth(1) {
             let addr = rest.split_whitespace().next().unwrap().parse().unwrap();
             return (addr, early, log);
@@ -141,9 +130,7 @@ impl Client {
         let stream = TcpStream::connect(addr).expect("connect to crier");
         stream.set_read_timeout(Some(DEADLINE)).unwrap();
         stream.set_nodelay(true).unwrap();
-        Client {
-            reader: BufReader::with_capacity(64 * 1024, stream),
-        }
+        Client { reader: BufReader::with_capacity(64 * 1024, stream) }
     }
 
     pub fn stream(&self) -> &TcpStream {
@@ -151,23 +138,14 @@ impl Client {
     }
 
     pub fn send(&mut self, bytes: &[u8]) {
-        self.reader
-            .get_mut()
-            .write_all(bytes)
-            .expect("send to crier");
+        self.reader.get_mut().write_all(bytes).expect("send to crier");
     }
 
     /// The next line, without its CRLF; panics unless it ended in CRLF.
     pub fn line(&mut self) -> Vec<u8> {
         let mut line = Vec::new();
-        self.reader
-            .read_until(b'\n', &mut line)
-            .expect("read from crier");
-        assert!(
-            line.ends_with(b"\r\n"),
-            "not a CRLF line: {:?}",
-            line.escape_ascii().to_string()
-        );
+        self.reader.read_until(b'\n', &mut line).expect("read from crier");
+        assert!(line.ends_with(b"\r\n"), "not a CRLF line: {:?}", line.escape_ascii().to_string());
         line.truncate(line.len() - 2);
         line
     }
@@ -213,11 +191,7 @@ impl Client {
     pub fn expect_eof(&mut self) {
         let mut rest = Vec::new();
         match self.reader.read_to_end(&mut rest) {
-            Ok(_) => assert!(
-                rest.is_empty(),
-                "more data before EOF: {}",
-                rest.escape_ascii()
-            ),
+            Ok(_) => assert!(rest.is_empty(), "more data before EOF: {}", rest.escape_ascii()),
             Err(error) => {
                 assert_eq!(error.kind(), std::io::ErrorKind::ConnectionReset, "{error}")
             }
@@ -227,10 +201,7 @@ impl Client {
     /// Makes dropping this client send a TCP reset instead of a clean close.
     pub fn reset_on_close(&self) {
         use std::os::fd::AsRawFd;
-        let linger = libc::linger {
-            l_onoff: 1,
-            l_linger: 0,
-        };
+        let linger = libc::linger { l_onoff: 1, l_linger: 0 };
         // SAFETY: setsockopt reads `linger` for the duration of the call only.
         let done = unsafe {
             libc::setsockopt(
@@ -251,25 +222,44 @@ impl Client {
 
 /// A port that was free a moment ago.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 /// A real `redis-server` on a free loopback port, killed on drop.
 pub struct Redis {
     pub port: u16,
     child: Option<Child>,
+    /// Extra `redis-server` arguments (TLS settings).
+    args: Vec<String>,
 }
 
 impl Redis {
     pub fn start() -> Redis {
-        let mut redis = Redis {
-            port: free_port(),
-            child: None,
-        };
+        let mut redis = Redis { port: free_port(), child: None, args: Vec::new() };
+        redis.restart();
+        redis
+    }
+
+    /// A Redis that speaks only TLS on its port, with the certificate and key
+    /// of `tls` (see [`TlsFiles`]).
+    pub fn start_tls(tls: &TlsFiles) -> Redis {
+        let port = free_port();
+        let file = |name: &str| tls.dir.join(name).to_string_lossy().into_owned();
+        let args = [
+            "--port",
+            "0",
+            "--tls-port",
+            &port.to_string(),
+            "--tls-cert-file",
+            &file("server.crt"),
+            "--tls-key-file",
+            &file("server.key"),
+            "--tls-ca-cert-file",
+            &file("ca.crt"),
+            "--tls-auth-clients",
+            "no",
+        ];
+        let mut redis = Redis { port, child: None, args: args.map(String::from).to_vec() };
         redis.restart();
         redis
     }
@@ -281,8 +271,12 @@ impl Redis {
     /// Starts it (again) on the same port; returns once it accepts connections.
     pub fn restart(&mut self) {
         assert!(self.child.is_none(), "redis is already running");
+        let port = self.port.to_string();
+        let args = if self.args.is_empty() { vec!["--port", &port] } else { Vec::new() };
         let mut child = Command::new("redis-server")
-            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+            .args(args)
+            .args(&self.args)
+            .args(["--bind", "127.0.0.1"])
             .args(["--save", "", "--appendonly", "no", "--loglevel", "notice"])
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
@@ -297,8 +291,7 @@ impl Redis {
                 }
             }
         });
-        wait.recv_timeout(DEADLINE)
-            .expect("redis-server did not start");
+        wait.recv_timeout(DEADLINE).expect("redis-server did not start");
         self.child = Some(child);
     }
 
@@ -334,19 +327,14 @@ impl Redis {
     pub fn publish(&self, channel: &[u8], payload: &[u8]) -> i64 {
         let reply = self.command(&[b"PUBLISH", channel, payload]);
         assert_eq!(reply[0], b':', "{}", reply.escape_ascii());
-        std::str::from_utf8(&reply[1..reply.len() - 2])
-            .unwrap()
-            .parse()
-            .unwrap()
+        std::str::from_utf8(&reply[1..reply.len() - 2]).unwrap().parse().unwrap()
     }
 
     /// Channels Redis has subscribers for, `PUBSUB NUMSUB`-style count.
     pub fn numsub(&self, channel: &[u8]) -> i64 {
         let mut stream = TcpStream::connect(("127.0.0.1", self.port)).unwrap();
         stream.set_read_timeout(Some(DEADLINE)).unwrap();
-        stream
-            .write_all(&resp(&[b"PUBSUB", b"NUMSUB", channel]))
-            .unwrap();
+        stream.write_all(&resp(&[b"PUBSUB", b"NUMSUB", channel])).unwrap();
         let mut reader = BufReader::new(stream);
         let mut lines = Vec::new();
         for _ in 0..4 {
@@ -373,4 +361,80 @@ pub fn resp(args: &[&[u8]]) -> Vec<u8> {
         out.extend_from_slice(b"\r\n");
     }
     out
+}
+
+/// A throwaway certificate authority and a server certificate for
+/// `localhost`, made with the `openssl` command.
+pub struct TlsFiles {
+    pub dir: std::path::PathBuf,
+}
+
+impl TlsFiles {
+    pub fn create() -> TlsFiles {
+        let dir =
+            std::env::temp_dir().join(format!("crier-tls-{}-{}", std::process::id(), free_port()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let openssl = |args: &[&str]| {
+            let status = Command::new("openssl")
+                .args(args)
+                .current_dir(&dir)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .expect("run openssl (is it installed?)");
+            assert!(status.success(), "openssl {args:?}");
+        };
+        openssl(&[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=crier test CA",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.crt",
+        ]);
+        openssl(&[
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-subj",
+            "/CN=localhost",
+            "-keyout",
+            "server.key",
+            "-out",
+            "server.csr",
+        ]);
+        std::fs::write(dir.join("san.ext"), "subjectAltName=DNS:localhost,IP:127.0.0.1\n").unwrap();
+        openssl(&[
+            "x509",
+            "-req",
+            "-in",
+            "server.csr",
+            "-CA",
+            "ca.crt",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-days",
+            "1",
+            "-extfile",
+            "san.ext",
+            "-out",
+            "server.crt",
+        ]);
+        TlsFiles { dir }
+    }
+}
+
+impl Drop for TlsFiles {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
 }
