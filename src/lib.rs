@@ -11,6 +11,7 @@
 //! - [`bench`]: `crier bench`, the load generator;
 //! - [`config`]: flags, environment and config file.
 
+pub mod bench;
 pub mod broker;
 pub mod client;
 pub mod config;

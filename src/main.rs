@@ -29,6 +29,8 @@ enum Command {
     Sub(subscribe::SubArgs),
     /// Publish a message (or one per line of standard input).
     Pub(publish::PubArgs),
+    /// Load generator for crier, Redis and NATS: fan-out throughput, latency, memory.
+    Bench(crier::bench::BenchArgs),
 }
 
 fn main() {
@@ -67,5 +69,6 @@ async fn run(command: Command) -> anyhow::Result<()> {
         Command::Client { addr } => interactive::run(&addr).await,
         Command::Sub(args) => subscribe::run(args).await,
         Command::Pub(args) => publish::run(args).await,
+        Command::Bench(args) => crier::bench::run(args).await,
     }
 }

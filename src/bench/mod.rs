@@ -136,10 +136,7 @@ struct Params {
 impl Params {
     fn resolve(a: &BenchArgs) -> Result<Self> {
         if a.size < payload::HEADER_LEN {
-            bail!(
-                "--size must be at least {} bytes (the bench header)",
-                payload::HEADER_LEN
-            );
+            bail!("--size must be at least {} bytes (the bench header)", payload::HEADER_LEN);
         }
         if a.window == 0 || a.window > 1_000_000 {
             bail!("--window must be between 1 and 1,000,000");
@@ -147,11 +144,9 @@ impl Params {
         if a.connect_concurrency == 0 {
             bail!("--connect-concurrency must be at least 1");
         }
-        for (name, v) in [
-            ("--drain-timeout", a.drain_timeout),
-            ("--timeout", a.timeout),
-            ("--hold", a.hold),
-        ] {
+        for (name, v) in
+            [("--drain-timeout", a.drain_timeout), ("--timeout", a.timeout), ("--hold", a.hold)]
+        {
             if !(v.is_finite() && v >= 0.0) {
                 bail!("{name} must be a number of seconds >= 0");
             }
@@ -210,16 +205,11 @@ fn redis_addr(spec: &str) -> Result<String> {
     if host.is_empty() {
         bail!("--publish-redis: no host in {spec:?}");
     }
-    Ok(
-        if host
-            .rsplit_once(':')
-            .is_some_and(|(_, p)| p.parse::<u16>().is_ok())
-        {
-            host.to_string()
-        } else {
-            format!("{host}:6379")
-        },
-    )
+    Ok(if host.rsplit_once(':').is_some_and(|(_, p)| p.parse::<u16>().is_ok()) {
+        host.to_string()
+    } else {
+        format!("{host}:6379")
+    })
 }
 
 /// Aborts the tasks it still holds when dropped, so that an early error
@@ -260,27 +250,20 @@ pub async fn run(args: BenchArgs) -> Result<()> {
         );
     }
 
-    let addr = args
-        .addr
-        .clone()
-        .unwrap_or_else(|| args.target.default_addr().to_string());
-    let sources = args
-        .source_addrs
-        .unwrap_or_else(|| conns_total.div_ceil(CONNS_PER_SOURCE))
-        .max(1);
+    let addr = args.addr.clone().unwrap_or_else(|| args.target.default_addr().to_string());
+    let sources =
+        args.source_addrs.unwrap_or_else(|| conns_total.div_ceil(CONNS_PER_SOURCE)).max(1);
     let sub_conn =
         Arc::new(Connector::new(&addr, sources, args.source_addrs.is_some(), timeout).await?);
     let (pub_conn, pub_dialect, publish_via) = match &args.publish_redis {
         Some(spec) => {
             let raddr = redis_addr(spec)?;
-            let c = Connector::new(&raddr, sources, args.source_addrs.is_some(), timeout).await?;
+            // A few publishers need no source spreading, and Redis in protected
+            // mode refuses any loopback source but 127.0.0.1.
+            let c = Connector::new(&raddr, 1, false, timeout).await?;
             (Arc::new(c), Dialect::Resp, format!("redis:{raddr}"))
         }
-        None => (
-            sub_conn.clone(),
-            args.target.dialect(),
-            args.target.name().to_string(),
-        ),
+        None => (sub_conn.clone(), args.target.dialect(), args.target.name().to_string()),
     };
 
     let pid = args.server_pid;
@@ -297,7 +280,7 @@ pub async fn run(args: BenchArgs) -> Result<()> {
         start,
         delivered: AtomicU64::new(0),
         alive: AtomicUsize::new(p.subscribers),
-        latencies: Latencies::new(p.subscribers.min(64))?,
+        latencies: Latencies::new(p.subscribers.min(8))?,
     });
     let sub_plan = Arc::new(subscriber::Plan {
         dialect: args.target.dialect(),
@@ -313,9 +296,9 @@ pub async fn run(args: BenchArgs) -> Result<()> {
     });
     let gate = Arc::new(Semaphore::new(args.connect_concurrency));
     let (ready_tx, mut ready_rx) = mpsc::unbounded_channel();
-    let (stop_tx, stop_rx) = watch::channel(false);
+    let (done_tx, mut done_rx) = mpsc::unbounded_channel();
     let setup_start = Instant::now();
-    let mut subs = Tasks(
+    let subs = Tasks(
         (0..p.subscribers)
             .map(|i| {
                 tokio::spawn(subscriber::run(
@@ -325,12 +308,13 @@ pub async fn run(args: BenchArgs) -> Result<()> {
                     shared.clone(),
                     gate.clone(),
                     ready_tx.clone(),
-                    stop_rx.clone(),
+                    done_tx.clone(),
                 ))
             })
             .collect(),
     );
     drop(ready_tx);
+    drop(done_tx);
     let mut ready = 0;
     let mut last_report = Instant::now();
     // No subscriber may take longer than a connect plus a handshake.
@@ -415,9 +399,7 @@ pub async fn run(args: BenchArgs) -> Result<()> {
             *total += n;
         }
     }
-    let expected: u64 = (0..p.channels)
-        .map(|c| sent_per_channel[c] * p.subscribers_on(c))
-        .sum();
+    let expected: u64 = (0..p.channels).map(|c| sent_per_channel[c] * p.subscribers_on(c)).sum();
 
     // Drain: until all arrived, no subscriber is left, or no progress.
     let drain_timeout = Duration::from_secs_f64(args.drain_timeout);
@@ -439,28 +421,25 @@ pub async fn run(args: BenchArgs) -> Result<()> {
         }
         tokio::time::sleep(Duration::from_millis(2)).await;
     };
-    stop_tx.send_replace(true);
+    // Stop the subscribers: each hands over its stats as its task is dropped.
+    drop(subs);
+    let mut sub_stats: Vec<Option<subscriber::Stats>> = (0..p.subscribers).map(|_| None).collect();
     let collect_until = tokio::time::Instant::now() + timeout;
-    let mut sub_stats = Vec::with_capacity(p.subscribers);
-    for h in std::mem::take(&mut subs.0) {
-        let s = match tokio::time::timeout_at(collect_until, h).await {
-            Ok(Ok(s)) => s,
-            Ok(Err(e)) => subscriber::Stats {
-                error: Some(format!("subscriber task failed: {e}")),
-                ..Default::default()
-            },
-            Err(_) => subscriber::Stats {
+    while let Ok(Some((i, s))) = tokio::time::timeout_at(collect_until, done_rx.recv()).await {
+        sub_stats[i] = Some(s);
+    }
+    let sub_stats: Vec<subscriber::Stats> = sub_stats
+        .into_iter()
+        .map(|s| {
+            s.unwrap_or_else(|| subscriber::Stats {
                 error: Some("subscriber did not stop in time".into()),
                 ..Default::default()
-            },
-        };
-        sub_stats.push(s);
-    }
+            })
+        })
+        .collect();
     let rss_end = pid.and_then(sys::rss_kib);
-    let server_cpu_s = pid
-        .and_then(sys::proc_cpu_seconds)
-        .zip(server_cpu_start)
-        .map(|(end, begin)| end - begin);
+    let server_cpu_s =
+        pid.and_then(sys::proc_cpu_seconds).zip(server_cpu_start).map(|(end, begin)| end - begin);
     let wall_s = start.elapsed().as_secs_f64();
     let bench_cpu_s = sys::own_cpu_seconds() - cpu_start;
 
@@ -530,11 +509,7 @@ pub async fn run(args: BenchArgs) -> Result<()> {
             .map(|(b, a)| (a as f64 - b as f64) * 1024.0 / p.subscribers as f64),
         server_cpu_s,
         bench_cpu_s,
-        bench_cpu_pct: if wall_s > 0.0 {
-            100.0 * bench_cpu_s / wall_s
-        } else {
-            0.0
-        },
+        bench_cpu_pct: if wall_s > 0.0 { 100.0 * bench_cpu_s / wall_s } else { 0.0 },
         wall_s,
     };
     report.print()
@@ -546,14 +521,8 @@ mod tests {
 
     #[test]
     fn redis_addresses() {
-        assert_eq!(
-            redis_addr("redis://127.0.0.1:6380/0").ok().as_deref(),
-            Some("127.0.0.1:6380")
-        );
-        assert_eq!(
-            redis_addr("localhost").ok().as_deref(),
-            Some("localhost:6379")
-        );
+        assert_eq!(redis_addr("redis://127.0.0.1:6380/0").ok().as_deref(), Some("127.0.0.1:6380"));
+        assert_eq!(redis_addr("localhost").ok().as_deref(), Some("localhost:6379"));
         assert!(redis_addr("redis://u:p@h:1").is_err());
     }
 
@@ -567,9 +536,6 @@ mod tests {
             duration: None,
             rate: None,
         };
-        assert_eq!(
-            (0..3).map(|c| p.subscribers_on(c)).collect::<Vec<_>>(),
-            [4, 3, 3]
-        );
+        assert_eq!((0..3).map(|c| p.subscribers_on(c)).collect::<Vec<_>>(), [4, 3, 3]);
     }
 }

@@ -35,9 +35,7 @@ impl Connector {
             .ok_or_else(|| anyhow!("{addr} resolves to no address"))?;
         let loopback_v4 = matches!(server.ip(), IpAddr::V4(ip) if ip.is_loopback());
         let sources = if loopback_v4 && (sources > 1 || explicit) {
-            (0..sources.max(1))
-                .map(|i| Ipv4Addr::from(0x7f00_0001u32 + i as u32))
-                .collect()
+            (0..sources.max(1)).map(|i| Ipv4Addr::from(0x7f00_0001u32 + i as u32)).collect()
         } else {
             if sources > 1 {
                 eprintln!(
@@ -46,11 +44,7 @@ impl Connector {
             }
             Vec::new()
         };
-        Ok(Connector {
-            server,
-            sources,
-            timeout,
-        })
+        Ok(Connector { server, sources, timeout })
     }
 
     pub fn source_count(&self) -> usize {

@@ -68,18 +68,11 @@ mod tests {
 
     #[test]
     fn round_trip_and_padding() {
-        let h = Header {
-            publisher: 7,
-            seq: 123_456_789,
-            sent_ns: u64::MAX - 3,
-        };
+        let h = Header { publisher: 7, seq: 123_456_789, sent_ns: u64::MAX - 3 };
         let mut b = BytesMut::new();
         write(&mut b, h, 64);
         assert_eq!(b.len(), 64);
-        assert!(
-            b.iter()
-                .all(|&c| c.is_ascii_alphanumeric() && c != b'\r' && c != b'\n')
-        );
+        assert!(b.iter().all(|&c| c.is_ascii_alphanumeric() && c != b'\r' && c != b'\n'));
         assert_eq!(read(&b), Some(h));
         assert_eq!(read(b"zz"), None);
         assert_eq!(read(&[b'g'; HEADER_LEN]), None);

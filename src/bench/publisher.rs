@@ -83,13 +83,10 @@ pub async fn connect(
 ) -> Result<(TcpStream, BytesMut)> {
     let mut stream = conn.connect(index).await?;
     let mut buf = BytesMut::with_capacity(64 * 1024);
-    tokio::time::timeout(
-        timeout,
-        targets::publisher_hello(&mut stream, &mut buf, dialect),
-    )
-    .await
-    .map_err(|_| anyhow!("publisher {index}: no answer to PING within {timeout:?}"))?
-    .with_context(|| format!("publisher {index}"))?;
+    tokio::time::timeout(timeout, targets::publisher_hello(&mut stream, &mut buf, dialect))
+        .await
+        .map_err(|_| anyhow!("publisher {index}: no answer to PING within {timeout:?}"))?
+        .with_context(|| format!("publisher {index}"))?;
     Ok((stream, buf))
 }
 
@@ -213,22 +210,13 @@ pub async fn run(
     plan: Arc<Plan>,
     mut go: watch::Receiver<bool>,
 ) -> Stats {
-    let mut st = Stats {
-        per_channel: vec![0; plan.channels],
-        ..Stats::default()
-    };
+    let mut st = Stats { per_channel: vec![0; plan.channels], ..Stats::default() };
     let per_pong = per_pong(plan.dialect, plan.window);
     let (rd, mut wr) = stream.into_split();
     let sem = Arc::new(Semaphore::new(plan.window));
     let replies = Arc::new(Replies::default());
-    let reader = tokio::spawn(read_replies(
-        rd,
-        buf,
-        plan.dialect,
-        per_pong,
-        sem.clone(),
-        replies.clone(),
-    ));
+    let reader =
+        tokio::spawn(read_replies(rd, buf, plan.dialect, per_pong, sem.clone(), replies.clone()));
     if go.wait_for(|g| *g).await.is_err() {
         reader.abort();
         st.fatal = Some("cancelled before start".into());
@@ -300,8 +288,7 @@ pub async fn run(
         let all = tokio::time::timeout(plan.timeout, sem.acquire_many(plan.window as u32))
             .await
             .map_err(|_| anyhow!("replies missing after {:?}", plan.timeout))?;
-        all.map_err(|_| anyhow!("connection lost before all replies arrived"))?
-            .forget();
+        all.map_err(|_| anyhow!("connection lost before all replies arrived"))?.forget();
         Ok(())
     }
     .await;

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use anyhow::anyhow;
 use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::sync::{Semaphore, mpsc, watch};
+use tokio::sync::{Semaphore, mpsc};
 
 use super::net::Connector;
 use super::payload;
@@ -59,18 +59,28 @@ pub struct Stats {
     pub error: Option<String>,
 }
 
-/// Decrements `alive` however the task ends (including abort).
-struct AliveGuard(Arc<Shared>);
+/// A subscriber's findings, handed to the orchestrator however its task
+/// ends: by returning, or by being aborted at the end of the run. Aborting is
+/// how subscribers are stopped, so the read loop checks no stop signal (a
+/// watch channel there cost two lock round trips per read).
+struct Outcome {
+    index: usize,
+    stats: Stats,
+    shared: Arc<Shared>,
+    tx: mpsc::UnboundedSender<(usize, Stats)>,
+}
 
-impl Drop for AliveGuard {
+impl Drop for Outcome {
     fn drop(&mut self) {
-        self.0.alive.fetch_sub(1, Ordering::Relaxed);
+        let _ = self.tx.send((self.index, std::mem::take(&mut self.stats)));
+        self.shared.alive.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
 /// Runs subscriber `index` on channel `index % channels`. Setup is gated by
 /// `gate` (bounded concurrent handshakes, so that the server's accept backlog
-/// is not overrun), its outcome goes to `ready`, then it reads until `stop`.
+/// is not overrun), its outcome goes to `ready`, then it reads until the
+/// connection ends or the task is aborted; its [`Stats`] go to `done`.
 pub async fn run(
     index: usize,
     plan: Arc<Plan>,
@@ -78,15 +88,13 @@ pub async fn run(
     shared: Arc<Shared>,
     gate: Arc<Semaphore>,
     ready: mpsc::UnboundedSender<Result<(), String>>,
-    mut stop: watch::Receiver<bool>,
-) -> Stats {
-    let _alive = AliveGuard(shared.clone());
+    done: mpsc::UnboundedSender<(usize, Stats)>,
+) {
+    let mut outcome = Outcome { index, stats: Stats::default(), shared: shared.clone(), tx: done };
+    let st = &mut outcome.stats;
     let channel = targets::channel_name(index % plan.channels);
     let setup = async {
-        let _permit = gate
-            .acquire()
-            .await
-            .map_err(|_| anyhow!("setup cancelled"))?;
+        let _permit = gate.acquire().await.map_err(|_| anyhow!("setup cancelled"))?;
         let mut stream = conn.connect(index).await?;
         let mut buf = BytesMut::with_capacity(plan.buf_cap);
         tokio::time::timeout(
@@ -105,27 +113,19 @@ pub async fn run(
         Err(e) => {
             let msg = format!("subscriber {index} on {channel}: {e:#}");
             let _ = ready.send(Err(msg.clone()));
-            return Stats {
-                error: Some(msg),
-                ..Stats::default()
-            };
+            st.error = Some(msg);
+            return;
         }
     };
     drop(ready);
 
-    let mut st = Stats::default();
     // Next expected sequence number per publisher (this connection has one channel).
     let mut next_seq = vec![0u64; plan.publishers];
     let mut lat: Vec<u64> = Vec::with_capacity(1024);
     let spare = (plan.buf_cap / 2).max(1024);
     loop {
         buf.reserve(spare);
-        let read = tokio::select! {
-            biased;
-            _ = stop.changed() => break,
-            r = stream.read_buf(&mut buf) => r,
-        };
-        match read {
+        match stream.read_buf(&mut buf).await {
             Ok(0) => {
                 st.error = Some("server closed the connection".into());
                 break;
@@ -196,5 +196,4 @@ pub async fn run(
             break;
         }
     }
-    st
 }

@@ -15,10 +15,7 @@ pub struct NoFile {
 /// Raises the soft open-file limit to the hard one: many connections need
 /// many descriptors, and only the hard limit is a real ceiling.
 pub fn raise_nofile() -> io::Result<NoFile> {
-    let mut r = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
+    let mut r = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
     // SAFETY: getrlimit only writes into the struct we pass.
     if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) } != 0 {
         return Err(io::Error::last_os_error());
@@ -33,21 +30,14 @@ pub fn raise_nofile() -> io::Result<NoFile> {
             .unwrap_or(1 << 20);
     }
     if r.rlim_cur < target {
-        let new = libc::rlimit {
-            rlim_cur: target,
-            rlim_max: r.rlim_max,
-        };
+        let new = libc::rlimit { rlim_cur: target, rlim_max: r.rlim_max };
         // SAFETY: setrlimit only reads the struct we pass.
         if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &new) } != 0 {
             return Err(io::Error::last_os_error());
         }
         r.rlim_cur = target;
     }
-    Ok(NoFile {
-        before,
-        now: r.rlim_cur,
-        hard: r.rlim_max,
-    })
+    Ok(NoFile { before, now: r.rlim_cur, hard: r.rlim_max })
 }
 
 /// User + system CPU seconds used by this process so far.
@@ -65,13 +55,7 @@ pub fn own_cpu_seconds() -> f64 {
 /// Resident memory of `pid` in KiB (VmRSS), if the process is readable.
 pub fn rss_kib(pid: u32) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))?
-        .split_whitespace()
-        .next()?
-        .parse()
-        .ok()
+    status.lines().find_map(|l| l.strip_prefix("VmRSS:"))?.split_whitespace().next()?.parse().ok()
 }
 
 /// User + system CPU seconds used by `pid` (all its threads) so far.

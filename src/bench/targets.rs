@@ -112,9 +112,7 @@ fn parse_len(s: &[u8]) -> Option<usize> {
     if s.is_empty() || s.len() > 15 {
         return None;
     }
-    s.iter().try_fold(0usize, |n, &c| {
-        c.is_ascii_digit().then(|| n * 10 + usize::from(c - b'0'))
-    })
+    s.iter().try_fold(0usize, |n, &c| c.is_ascii_digit().then(|| n * 10 + usize::from(c - b'0')))
 }
 
 /// The length in the last space-separated word of a header line.
@@ -382,10 +380,9 @@ impl Encoder {
                 let ch = channel_name(i);
                 let p = match d {
                     Dialect::Crier => format!("PUBLISH {ch} "),
-                    Dialect::Resp => format!(
-                        "*3\r\n$7\r\nPUBLISH\r\n${}\r\n{ch}\r\n${size}\r\n",
-                        ch.len()
-                    ),
+                    Dialect::Resp => {
+                        format!("*3\r\n$7\r\nPUBLISH\r\n${}\r\n{ch}\r\n${size}\r\n", ch.len())
+                    }
                     Dialect::Nats => format!("PUB {ch} {size}\r\n"),
                 };
                 p.into_bytes().into_boxed_slice()
@@ -426,11 +423,7 @@ mod tests {
             b"CONFIRMED\r\nMESSAGE bench.0 5\r\nab\r\nc\r\nERR slow consumer\r\nMESSAGE x 3\r\nab";
         assert_eq!(
             all(Dialect::Crier, b),
-            vec![
-                Frame::Ack,
-                Frame::Message(b"ab\r\nc"),
-                Frame::Error(b"ERR slow consumer")
-            ]
+            vec![Frame::Ack, Frame::Message(b"ab\r\nc"), Frame::Error(b"ERR slow consumer")]
         );
         assert!(next_frame(Dialect::Crier, b"MESSAGE x 3\r\nabcXY").is_err());
     }
@@ -471,11 +464,7 @@ mod tests {
 
     #[test]
     fn encoders() {
-        let h = Header {
-            publisher: 1,
-            seq: 2,
-            sent_ns: 3,
-        };
+        let h = Header { publisher: 1, seq: 2, sent_ns: 3 };
         for d in [Dialect::Crier, Dialect::Resp, Dialect::Nats] {
             let e = Encoder::new(d, 2, 48);
             let mut b = BytesMut::new();

@@ -276,7 +276,8 @@ async fn write(
 /// (bounded by `GRACE`), so that closing does not reset the connection before
 /// the client has read the error.
 async fn linger(reader: &mut OwnedReadHalf) {
-    let mut sink = [0u8; READ_CHUNK];
+    // On the heap: a stack array would sit in every connection's task.
+    let mut sink = vec![0u8; READ_CHUNK];
     let _ = tokio::time::timeout(GRACE, async {
         loop {
             if reader.readable().await.is_err() {
