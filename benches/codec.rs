@@ -50,7 +50,7 @@ fn registry_fan_out(bencher: Bencher, subscribers: usize) {
     let outboxes: Vec<Arc<Outbox>> =
         (0..subscribers as u64).map(|id| Arc::new(Outbox::new(id, usize::MAX))).collect();
     for outbox in &outboxes {
-        registry.add(&topic, outbox);
+        registry.add(topic.clone(), outbox);
     }
     let payload = vec![b'x'; 64];
     let runtime = tokio::runtime::Builder::new_current_thread().build().expect("runtime");

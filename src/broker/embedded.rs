@@ -13,9 +13,8 @@ pub struct Embedded {
 }
 
 impl Broker for Embedded {
-    async fn subscribe(&self, topic: &Topic, outbox: &Arc<Outbox>) -> Result<(), BrokerError> {
-        self.registry.add(topic, outbox);
-        Ok(())
+    async fn subscribe(&self, topic: Topic, outbox: &Arc<Outbox>) -> Result<Topic, BrokerError> {
+        Ok(self.registry.add(topic, outbox).0)
     }
 
     fn unsubscribe(&self, topic: &Topic, id: ConnId) {

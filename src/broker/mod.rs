@@ -66,12 +66,13 @@ impl std::error::Error for BrokerError {}
 pub trait Broker: Send + Sync + 'static {
     /// Adds `outbox` to the subscribers of `topic`. Resolves once every message
     /// published to `topic` from now on is sure to reach it (with Redis: once
-    /// Redis acknowledged the subscription).
+    /// Redis acknowledged the subscription), with the topic as the broker
+    /// stores it (its name shared, so subscribers need not keep a copy each).
     fn subscribe(
         &self,
-        topic: &Topic,
+        topic: Topic,
         outbox: &Arc<Outbox>,
-    ) -> impl Future<Output = Result<(), BrokerError>> + Send;
+    ) -> impl Future<Output = Result<Topic, BrokerError>> + Send;
 
     /// Removes connection `id` from the subscribers of `topic`; nothing of
     /// `topic` is queued to it after this returns.

@@ -89,19 +89,22 @@ impl RedisBroker {
 }
 
 impl Broker for RedisBroker {
-    async fn subscribe(&self, topic: &Topic, outbox: &Arc<Outbox>) -> Result<(), BrokerError> {
+    async fn subscribe(&self, topic: Topic, outbox: &Arc<Outbox>) -> Result<Topic, BrokerError> {
         // Registered before Redis confirms, so nothing published after the
         // acknowledgement can slip past; the outbox holds it behind the reply.
-        self.registry.add(topic, outbox);
+        let (topic, _) = self.registry.add(topic, outbox);
         let (reply, answer) = oneshot::channel();
         let attached = match self.requests.send(Request::Attach(topic.clone(), reply)) {
             Ok(()) => answer.await.unwrap_or(Err(BrokerError::Unavailable)),
             Err(_) => Err(BrokerError::Unavailable),
         };
-        if attached.is_err() {
-            self.registry.remove(topic, outbox.id());
+        match attached {
+            Ok(()) => Ok(topic),
+            Err(error) => {
+                self.registry.remove(&topic, outbox.id());
+                Err(error)
+            }
         }
-        attached
     }
 
     fn unsubscribe(&self, topic: &Topic, id: ConnId) {

@@ -74,26 +74,42 @@ fn write<T>(lock: &RwLock<T>) -> RwLockWriteGuard<'_, T> {
 }
 
 impl Registry {
-    /// Adds a subscriber; returns how many local subscribers the topic has now.
-    pub fn add(&self, topic: &Topic, outbox: &Arc<Outbox>) -> usize {
-        let entry = (outbox.id(), Arc::clone(outbox));
-        match topic.kind {
+    /// Adds a subscriber. Returns the topic with its name shared with the
+    /// table's key (one allocation per name, however many subscribe to it)
+    /// and how many local subscribers the topic has now.
+    pub fn add(&self, topic: Topic, outbox: &Arc<Outbox>) -> (Topic, usize) {
+        fn insert<V>(
+            map: &mut HashMap<Bytes, V>,
+            name: Bytes,
+            new: impl FnOnce(&Bytes) -> V,
+        ) -> (Bytes, &mut V) {
+            let key = match map.get_key_value(&name) {
+                Some((key, _)) => key.clone(),
+                None => name,
+            };
+            let value = map.entry(key.clone()).or_insert_with(|| new(&key));
+            (key, value)
+        }
+        let (id, outbox) = (outbox.id(), Arc::clone(outbox));
+        let (name, count) = match topic.kind {
             Kind::Channel => {
                 let mut channels = write(&self.channels);
-                let subscribers = channels.entry(topic.name.clone()).or_default();
-                subscribers.insert(entry.0, entry.1);
-                subscribers.len()
+                let (name, subscribers) =
+                    insert(&mut channels, topic.name, |_| Subscribers::default());
+                subscribers.insert(id, outbox);
+                (name, subscribers.len())
             }
             Kind::Pattern => {
                 let mut patterns = write(&self.patterns);
-                let pattern = patterns.entry(topic.name.clone()).or_insert_with(|| PatternEntry {
-                    glob: Glob::new(&topic.name),
+                let (name, pattern) = insert(&mut patterns, topic.name, |name| PatternEntry {
+                    glob: Glob::new(name),
                     subscribers: Subscribers::default(),
                 });
-                pattern.subscribers.insert(entry.0, entry.1);
-                pattern.subscribers.len()
+                pattern.subscribers.insert(id, outbox);
+                (name, pattern.subscribers.len())
             }
-        }
+        };
+        (Topic { kind: topic.kind, name }, count)
     }
 
     /// Removes a subscriber; returns how many local subscribers the topic has left.
@@ -177,8 +193,11 @@ mod tests {
         let registry = Registry::default();
         let (a, b) = (Arc::new(Outbox::new(1, 1024)), Arc::new(Outbox::new(2, 1024)));
         let topic = Topic::channel(Bytes::from("news"));
-        assert_eq!(registry.add(&topic, &a), 1);
-        assert_eq!(registry.add(&topic, &b), 2);
+        let (first, count) = registry.add(topic.clone(), &a);
+        assert_eq!(count, 1);
+        let (second, count) = registry.add(topic, &b);
+        assert_eq!(count, 2);
+        assert_eq!(first.name.as_ptr(), second.name.as_ptr(), "one copy of the name");
         assert_eq!(registry.publish(b"news", b"hi"), 2);
         let (fa, fb) = (drain(&a).await, drain(&b).await);
         assert_eq!(fa, [Bytes::from("hi\r\n")]);
@@ -190,9 +209,9 @@ mod tests {
         let registry = Registry::default();
         let a = Arc::new(Outbox::new(1, 1024));
         a.set_version(Version::V2);
-        registry.add(&Topic::channel(Bytes::from("news.x")), &a);
-        registry.add(&Topic::pattern(Bytes::from("news.*")), &a);
-        registry.add(&Topic::pattern(Bytes::from("other.*")), &a);
+        registry.add(Topic::channel(Bytes::from("news.x")), &a);
+        registry.add(Topic::pattern(Bytes::from("news.*")), &a);
+        registry.add(Topic::pattern(Bytes::from("other.*")), &a);
         assert_eq!(registry.publish(b"news.x", b"p"), 2);
         assert_eq!(
             drain(&a).await,

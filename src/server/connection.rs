@@ -1,17 +1,19 @@
 //! One client connection: a reader that parses and executes commands in order,
-//! and a writer task that drains the connection's [`Outbox`].
-//!
-//! Splitting them means a client that pipelines many commands without reading
+//! and a writer that drains the connection's [`Outbox`]. They run concurrently
+//! in one task, so a client that pipelines many commands without reading
 //! replies cannot deadlock the server: replies queue in the outbox, bounded by
 //! `--max-pending` like any other output.
+//!
+//! Idle connections are what a pub/sub server holds most of, so their cost is
+//! watched: no read buffer while idle, a small task (cold paths are boxed, read
+//! readiness is polled without a waiter node), subscriptions in a `Vec`.
 
 use bytes::{Bytes, BytesMut};
-use std::collections::{HashSet, VecDeque};
+use std::collections::VecDeque;
+use std::future::poll_fn;
 use std::io;
 use std::sync::Arc;
-use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio_util::sync::CancellationToken;
 
 use super::GRACE;
@@ -49,20 +51,20 @@ pub async fn serve<B: Broker>(
     config: Arc<Config>,
     shutdown: CancellationToken,
 ) {
-    let (mut reader, writer) = stream.into_split();
     let outbox = Arc::new(Outbox::new(id, config.max_pending));
     // Cancelled by the server's shutdown, or by the writer when it gives up.
     let closed = shutdown.child_token();
-    let writer = tokio::spawn(write_loop(writer, Arc::clone(&outbox), closed.clone()));
-
-    let mut session = Session { broker, config, outbox, topics: HashSet::new() };
-    let end = session.read_loop(&mut reader, &closed).await;
-    session.leave();
-    closed.cancel();
-    if end == End::Violation {
-        linger(&mut reader).await;
-    }
-    let _ = writer.await;
+    let mut session = Session { broker, config, outbox: Arc::clone(&outbox), topics: Vec::new() };
+    // Both halves borrow the one socket: no split, no shared handle to allocate.
+    let reading = async {
+        let end = session.read_loop(&stream, &closed).await;
+        session.leave();
+        closed.cancel();
+        if end == End::Violation {
+            Box::pin(linger(&stream)).await;
+        }
+    };
+    tokio::join!(reading, write_loop(&stream, &outbox, &closed));
 }
 
 /// A connection's state, as the reader sees it.
@@ -70,40 +72,47 @@ struct Session<B> {
     broker: Arc<B>,
     config: Arc<Config>,
     outbox: Arc<Outbox>,
-    /// What this connection is subscribed to, channels and patterns.
-    topics: HashSet<Topic>,
+    /// What this connection is subscribed to, channels and patterns. A `Vec`:
+    /// most connections hold a handful, and it is the smallest when idle;
+    /// lookups are linear in at most `--max-subscriptions`.
+    topics: Vec<Topic>,
 }
 
 impl<B: Broker> Session<B> {
-    async fn read_loop(&mut self, reader: &mut OwnedReadHalf, closed: &CancellationToken) -> End {
+    async fn read_loop(&mut self, stream: &TcpStream, closed: &CancellationToken) -> End {
         // Allocated when data arrives and given back once consumed: an idle
         // connection holds no read buffer.
         let mut buf = BytesMut::new();
         loop {
+            // poll_read_ready keeps the waker in the socket's registration:
+            // a smaller future than `readable()`, which every idle task holds.
+            let readable = poll_fn(|cx| stream.poll_read_ready(cx));
             tokio::select! {
-                ready = reader.readable() => if ready.is_err() { return End::Done },
+                ready = readable => if ready.is_err() { return End::Done },
                 _ = closed.cancelled() => return End::Done,
             }
             buf.reserve(READ_CHUNK);
-            match reader.try_read_buf(&mut buf) {
+            match stream.try_read_buf(&mut buf) {
                 Ok(0) => return End::Done,
-                Ok(_) => {}
-                Err(error) if error.kind() == io::ErrorKind::WouldBlock => continue,
-                Err(_) => return End::Done,
-            }
-            loop {
-                match codec::next_line(&mut buf, self.config.max_line) {
-                    Ok(Some(line)) => {
-                        if !self.execute(line.freeze()).await {
-                            return End::Done;
+                Ok(_) => loop {
+                    match codec::next_line(&mut buf, self.config.max_line) {
+                        Ok(Some(line)) => {
+                            // Boxed: what a command awaits (the broker) would
+                            // otherwise enlarge every idle connection's task.
+                            if !Box::pin(self.execute(line.freeze())).await {
+                                return End::Done;
+                            }
+                        }
+                        Ok(None) => break,
+                        Err(FrameError::LineTooLong) => {
+                            self.reply(Bytes::from_static(b"ERR line too long\r\n"));
+                            return End::Violation;
                         }
                     }
-                    Ok(None) => break,
-                    Err(FrameError::LineTooLong) => {
-                        self.reply(Bytes::from_static(b"ERR line too long\r\n"));
-                        return End::Violation;
-                    }
-                }
+                },
+                // Readiness was stale: wait again (without a buffer, below).
+                Err(error) if error.kind() == io::ErrorKind::WouldBlock => {}
+                Err(_) => return End::Done,
             }
             if buf.is_empty() {
                 buf = BytesMut::new();
@@ -184,9 +193,13 @@ impl<B: Broker> Session<B> {
         // Messages that arrive while the broker confirms queue up behind the
         // reply, so the client sees CONFIRMED first.
         self.outbox.hold();
-        match self.broker.subscribe(&topic, &self.outbox).await {
-            Ok(()) => {
-                self.topics.insert(topic);
+        match self.broker.subscribe(topic, &self.outbox).await {
+            Ok(topic) => {
+                if self.topics.is_empty() {
+                    // Most connections subscribe once: no room for four.
+                    self.topics.reserve_exact(1);
+                }
+                self.topics.push(topic);
                 self.outbox.release(CONFIRMED);
             }
             Err(error) => self.outbox.release(error_line(&error)),
@@ -194,7 +207,8 @@ impl<B: Broker> Session<B> {
     }
 
     fn unsubscribe(&mut self, topic: Topic) {
-        if self.topics.remove(&topic) {
+        if let Some(at) = self.topics.iter().position(|t| *t == topic) {
+            self.topics.swap_remove(at);
             self.broker.unsubscribe(&topic, self.outbox.id());
             self.reply(CONFIRMED);
         } else {
@@ -204,7 +218,7 @@ impl<B: Broker> Session<B> {
 
     /// Drops every subscription and stops the outbox accepting output.
     fn leave(&mut self) {
-        for topic in self.topics.drain() {
+        for topic in self.topics.drain(..) {
             self.broker.unsubscribe(&topic, self.outbox.id());
         }
         self.outbox.close();
@@ -226,15 +240,15 @@ fn error_line(error: &dyn std::fmt::Display) -> Bytes {
 
 /// Drains the outbox into the socket until the connection closes; on the way
 /// out it cancels `closed`, which stops the reader too.
-async fn write_loop(mut writer: OwnedWriteHalf, outbox: Arc<Outbox>, closed: CancellationToken) {
+async fn write_loop(stream: &TcpStream, outbox: &Outbox, closed: &CancellationToken) {
     let mut batch = VecDeque::new();
     let mut buf = Vec::new();
     loop {
         match outbox.next(&mut batch).await {
             Next::Write => {
                 buf.clear();
-                batch.drain(..).for_each(|frame| buf.extend_from_slice(&frame));
-                if write(&mut writer, &buf, &closed).await.is_err() {
+                std::mem::take(&mut batch).iter().for_each(|frame| buf.extend_from_slice(frame));
+                if write(stream, &buf, closed).await.is_err() {
                     break;
                 }
                 if buf.capacity() > KEEP_BUFFER {
@@ -245,45 +259,57 @@ async fn write_loop(mut writer: OwnedWriteHalf, outbox: Arc<Outbox>, closed: Can
             Next::SlowConsumer => {
                 tracing::debug!(id = outbox.id(), "slow consumer cut off");
                 closed.cancel();
-                let _ = write(&mut writer, b"ERR slow consumer\r\n", &closed).await;
+                let _ = write(stream, b"ERR slow consumer\r\n", closed).await;
                 break;
             }
         }
     }
     closed.cancel();
-    let _ = tokio::time::timeout(GRACE, writer.shutdown()).await;
+    // FIN now, even if the reader still lingers on the socket.
+    let _ = socket2::SockRef::from(stream).shutdown(std::net::Shutdown::Write);
 }
 
 /// Writes all of `data`. Unbounded while the connection is open (a stuck
 /// client is caught by its output budget); once it is closing, bounded by `GRACE`.
-async fn write(
-    writer: &mut OwnedWriteHalf,
-    data: &[u8],
-    closed: &CancellationToken,
-) -> io::Result<()> {
+async fn write(stream: &TcpStream, data: &[u8], closed: &CancellationToken) -> io::Result<()> {
     let mut rest = data;
     tokio::select! {
-        written = writer.write_all_buf(&mut rest) => return written,
+        written = write_all(stream, &mut rest) => return written,
         _ = closed.cancelled() => {}
     }
-    match tokio::time::timeout(GRACE, writer.write_all_buf(&mut rest)).await {
+    // Boxed: the timer is large and only closing connections need it.
+    match Box::pin(tokio::time::timeout(GRACE, write_all(stream, &mut rest))).await {
         Ok(written) => written,
         Err(_) => Err(io::ErrorKind::TimedOut.into()),
     }
 }
 
+/// Writes `rest` through a shared reference to the socket, advancing it as
+/// bytes go out, so that a cancelled call loses no progress.
+async fn write_all(stream: &TcpStream, rest: &mut &[u8]) -> io::Result<()> {
+    while !rest.is_empty() {
+        poll_fn(|cx| stream.poll_write_ready(cx)).await?;
+        match stream.try_write(rest) {
+            Ok(written) => *rest = &rest[written..],
+            Err(error) if error.kind() == io::ErrorKind::WouldBlock => {}
+            Err(error) => return Err(error),
+        }
+    }
+    Ok(())
+}
+
 /// After a protocol violation, reads and discards what the client still sends
 /// (bounded by `GRACE`), so that closing does not reset the connection before
 /// the client has read the error.
-async fn linger(reader: &mut OwnedReadHalf) {
+async fn linger(stream: &TcpStream) {
     // On the heap: a stack array would sit in every connection's task.
     let mut sink = vec![0u8; READ_CHUNK];
     let _ = tokio::time::timeout(GRACE, async {
         loop {
-            if reader.readable().await.is_err() {
+            if stream.readable().await.is_err() {
                 return;
             }
-            match reader.try_read(&mut sink) {
+            match stream.try_read(&mut sink) {
                 Ok(0) => return,
                 Ok(_) => {}
                 Err(error) if error.kind() == io::ErrorKind::WouldBlock => {}
