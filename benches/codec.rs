@@ -4,7 +4,7 @@
 use bytes::{Bytes, BytesMut};
 use crier::broker::glob::Glob;
 use crier::broker::{Registry, Topic};
-use crier::outbox::Outbox;
+use crier::outbox::{Flush, Outbox};
 use crier::protocol::{Command, codec};
 use divan::{Bencher, black_box};
 use std::sync::Arc;
@@ -48,7 +48,7 @@ fn registry_fan_out(bencher: Bencher, subscribers: usize) {
     let registry = Registry::default();
     let topic = Topic::channel(Bytes::from_static(b"fan"));
     let outboxes: Vec<Arc<Outbox>> =
-        (0..subscribers as u64).map(|id| Arc::new(Outbox::new(id, usize::MAX))).collect();
+        (0..subscribers as u64).map(|id| Arc::new(Outbox::detached(id, usize::MAX))).collect();
     for outbox in &outboxes {
         registry.add(topic.clone(), outbox);
     }
@@ -56,9 +56,10 @@ fn registry_fan_out(bencher: Bencher, subscribers: usize) {
     let runtime = tokio::runtime::Builder::new_current_thread().build().expect("runtime");
     let mut batch = std::collections::VecDeque::new();
     bencher.bench_local(|| {
-        let delivered = registry.publish(b"fan", &payload);
+        let delivered = registry.publish(b"fan", &payload, &mut Flush::default());
         for outbox in &outboxes {
             runtime.block_on(outbox.next(&mut batch));
+            outbox.written();
             batch.clear();
         }
         delivered

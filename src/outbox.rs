@@ -1,24 +1,34 @@
 //! A connection's outbound queue: the one place where the broker (many
-//! producers, publishing) meets the connection's writer task (one consumer).
+//! producers, publishing) meets the connection's socket.
 //!
-//! Producers never wait: `push` appends a shared `Bytes` under a short lock and
-//! wakes the writer when the queue goes from empty to non-empty. The writer takes
-//! everything queued at once and writes it with one syscall, so a burst of
-//! messages costs one wake-up and one write, not one per message.
+//! Producers never wait. `push` appends a shared `Bytes` under a short lock.
+//! The frames are then written, in order, by whoever gets there first:
+//! - the producer itself, at the end of its burst of work (see [`Flush`]): it
+//!   writes straight into the socket without blocking, as Redis does, so an
+//!   idle subscriber gets a message with one syscall and no task wake-up, and
+//!   a burst of messages goes out in one write;
+//! - or the connection's writer, which takes over whenever the socket would
+//!   block (it waits for the socket to drain), and for replies that waited for
+//!   the broker.
+//!
+//! A `writing` flag makes those two mutually exclusive, so bytes of two
+//! writes never interleave.
 //!
 //! Every byte queued counts against `max_pending`. Past it the queue is dropped
 //! and the connection is marked a slow consumer: its writer sends
 //! `ERR slow consumer` and closes, and no producer ever waits for it.
 //!
 //! A *hold* reserves the place of a reply that is not known yet (the answer to a
-//! `SUBSCRIBE` that waits for Redis): pushes queue up behind it, and the writer
-//! stops there until `release` puts the reply in its place. That is how a
-//! subscriber sees `CONFIRMED` before the first message of its channel.
+//! `SUBSCRIBE` that waits for Redis): pushes queue up behind it, and nothing
+//! is written past it until `release` puts the reply in its place. That is how
+//! a subscriber sees `CONFIRMED` before the first message of its channel.
 
 use bytes::Bytes;
 use std::collections::VecDeque;
+use std::io::{self, IoSlice};
 use std::sync::atomic::{AtomicU8, Ordering};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
+use tokio::net::TcpStream;
 use tokio::sync::Notify;
 
 use crate::protocol::Version;
@@ -26,13 +36,19 @@ use crate::protocol::Version;
 /// Identifies a connection in the broker's tables.
 pub type ConnId = u64;
 
+/// Frames handed to the kernel per `writev` call.
+const MAX_SLICES: usize = 1024;
+
 /// See the module documentation.
 #[derive(Debug)]
 pub struct Outbox {
     id: ConnId,
     max_pending: usize,
     version: AtomicU8,
+    /// The connection's socket; `None` for an outbox that only queues (tests).
+    socket: Option<TcpStream>,
     state: Mutex<State>,
+    /// Wakes the connection's writer.
     wake: Notify,
 }
 
@@ -43,6 +59,11 @@ struct State {
     pending: usize,
     /// With a hold: how many frames of `queue` come before the held reply.
     hold: Option<usize>,
+    /// Frames taken from the queue are being written (by a producer or the writer).
+    writing: bool,
+    /// The first frame of `queue` is the rest of a frame partly written: the
+    /// client has begun to receive it, so it is never dropped.
+    started: bool,
     status: Status,
 }
 
@@ -59,7 +80,8 @@ enum Status {
 /// What the writer is to do next.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Next {
-    /// Frames were moved into the writer's batch: write them.
+    /// Frames were moved into the writer's batch: write them, then call
+    /// [`Outbox::written`].
     Write,
     /// The queue is flushed and the connection is closing.
     Closed,
@@ -68,11 +90,22 @@ pub enum Next {
 }
 
 impl Outbox {
-    pub fn new(id: ConnId, max_pending: usize) -> Outbox {
+    /// An outbox for the connection on `socket`.
+    pub fn new(id: ConnId, max_pending: usize, socket: TcpStream) -> Outbox {
+        Outbox::build(id, max_pending, Some(socket))
+    }
+
+    /// An outbox without a socket: frames wait for [`Outbox::next`].
+    pub fn detached(id: ConnId, max_pending: usize) -> Outbox {
+        Outbox::build(id, max_pending, None)
+    }
+
+    fn build(id: ConnId, max_pending: usize, socket: Option<TcpStream>) -> Outbox {
         Outbox {
             id,
             max_pending,
             version: AtomicU8::new(Version::V1 as u8),
+            socket,
             state: Mutex::default(),
             wake: Notify::new(),
         }
@@ -80,6 +113,10 @@ impl Outbox {
 
     pub fn id(&self) -> ConnId {
         self.id
+    }
+
+    pub fn socket(&self) -> Option<&TcpStream> {
+        self.socket.as_ref()
     }
 
     /// The push form this connection asked for.
@@ -100,29 +137,77 @@ impl Outbox {
         self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Queues a frame. Returns false when the connection no longer accepts
-    /// output (closing, or cut off as a slow consumer by this very push).
-    pub fn push(&self, frame: Bytes) -> bool {
+    /// Queues a frame; when this makes the outbox busy, adds it to `flush`,
+    /// whose owner writes it out at the end of its burst. Returns false when
+    /// the connection no longer accepts output (closing, or cut off as a slow
+    /// consumer by this very push).
+    pub fn push(self: &Arc<Self>, frame: Bytes, flush: &mut Flush) -> bool {
         let mut state = self.state();
         if state.status != Status::Open {
             return false;
         }
         if state.pending + frame.len() > self.max_pending {
             state.status = Status::SlowConsumer;
-            state.queue = VecDeque::new();
-            state.pending = 0;
+            let keep = usize::from(state.started);
+            state.queue.truncate(keep);
+            state.pending = state.queue.iter().map(Bytes::len).sum();
             drop(state);
             self.wake.notify_one();
             return false;
         }
-        let was_empty = state.queue.is_empty();
+        // Otherwise someone is already due to write: an earlier producer's
+        // flush, the writer (which looks again when done), or a release.
+        let idle = state.queue.is_empty() && !state.writing && state.hold.is_none();
         state.pending += frame.len();
         state.queue.push_back(frame);
         drop(state);
-        if was_empty {
-            self.wake.notify_one();
+        if idle {
+            flush.add(self);
         }
         true
+    }
+
+    /// Writes what is queued straight into the socket, as far as it takes it
+    /// without blocking; hands the rest to the writer.
+    fn flush(&self) {
+        let Some(socket) = &self.socket else {
+            return self.wake.notify_one();
+        };
+        let mut frames = {
+            let mut state = self.state();
+            let busy = state.writing || state.hold.is_some() || state.status != Status::Open;
+            if busy || state.queue.is_empty() {
+                return;
+            }
+            state.writing = true;
+            state.started = false;
+            state.pending = 0;
+            std::mem::take(&mut state.queue)
+        };
+        // An error is the writer's to meet and report: keep the frames for it.
+        let started = write_now(socket, &mut frames).unwrap_or(false);
+        let mut state = self.state();
+        state.writing = false;
+        if state.status == Status::SlowConsumer {
+            // Cut off meanwhile: drop what is left, but finish a frame the
+            // client has begun to receive, so the error line stands alone.
+            frames.truncate(usize::from(started));
+        }
+        if !frames.is_empty() {
+            state.pending += frames.iter().map(Bytes::len).sum::<usize>();
+            state.started = started;
+            // A hold taken meanwhile counts the frames before it: these too.
+            if let Some(at) = state.hold.as_mut() {
+                *at += frames.len();
+            }
+            frames.append(&mut state.queue);
+            state.queue = frames;
+        }
+        let writer_needed = !state.queue.is_empty() || state.status != Status::Open;
+        drop(state);
+        if writer_needed {
+            self.wake.notify_one();
+        }
     }
 
     /// Reserves the place of the next reply; see the module documentation.
@@ -156,37 +241,115 @@ impl Outbox {
         self.wake.notify_one();
     }
 
-    /// Waits for work and moves every writable frame into `batch`, which must
-    /// be empty.
+    /// For the writer: waits for work and moves every writable frame into
+    /// `batch`, which must be empty.
     pub async fn next(&self, batch: &mut VecDeque<Bytes>) -> Next {
         loop {
             {
                 let mut state = self.state();
-                match state.status {
-                    Status::SlowConsumer => return Next::SlowConsumer,
-                    Status::Closing if state.queue.is_empty() => return Next::Closed,
-                    _ => {}
-                }
-                match state.hold {
-                    None if !state.queue.is_empty() => {
-                        // Taken, not swapped: an idle connection keeps no
-                        // queue allocation on either side.
-                        *batch = std::mem::take(&mut state.queue);
-                        state.pending = 0;
+                if !state.writing {
+                    match state.status {
+                        Status::SlowConsumer if state.queue.is_empty() => {
+                            return Next::SlowConsumer;
+                        }
+                        Status::Closing if state.queue.is_empty() => return Next::Closed,
+                        _ => {}
                     }
-                    Some(at) if at > 0 => {
-                        batch.extend(state.queue.drain(..at));
-                        state.pending -= batch.iter().map(Bytes::len).sum::<usize>();
-                        state.hold = Some(0);
+                    match state.hold {
+                        None if !state.queue.is_empty() => {
+                            // Taken, not swapped: an idle connection keeps no
+                            // queue allocation.
+                            *batch = std::mem::take(&mut state.queue);
+                            state.pending = 0;
+                        }
+                        Some(at) if at > 0 => {
+                            batch.extend(state.queue.drain(..at));
+                            state.pending -= batch.iter().map(Bytes::len).sum::<usize>();
+                            state.hold = Some(0);
+                        }
+                        _ => {}
                     }
-                    _ => {}
-                }
-                if !batch.is_empty() {
-                    return Next::Write;
+                    if !batch.is_empty() {
+                        state.writing = true;
+                        state.started = false;
+                        return Next::Write;
+                    }
                 }
             }
             self.wake.notified().await;
         }
+    }
+
+    /// For the writer: the batch from [`Outbox::next`] is written.
+    pub fn written(&self) {
+        self.state().writing = false;
+    }
+}
+
+/// Writes `frames` with `writev` until done or the socket would block,
+/// removing what was written (a partly written frame is sliced). Returns
+/// whether the first frame left was partly written.
+fn write_now(socket: &TcpStream, frames: &mut VecDeque<Bytes>) -> io::Result<bool> {
+    let mut started = false;
+    while !frames.is_empty() {
+        let mut slices = [IoSlice::new(&[]); MAX_SLICES];
+        let count = frames.len().min(MAX_SLICES);
+        for (slice, frame) in slices.iter_mut().zip(frames.iter()) {
+            *slice = IoSlice::new(frame);
+        }
+        let mut written = match socket.try_write_vectored(&slices[..count]) {
+            Ok(written) => written,
+            Err(error) if error.kind() == io::ErrorKind::WouldBlock => return Ok(started),
+            Err(error) => return Err(error),
+        };
+        while let Some(front) = frames.front_mut() {
+            if written < front.len() {
+                *front = front.slice(written..);
+                started |= written > 0;
+                break;
+            }
+            written -= front.len();
+            frames.pop_front();
+            started = false;
+        }
+    }
+    Ok(started)
+}
+
+/// Outboxes made busy during one burst of a producer's work (the commands of
+/// one read, or the messages Redis sent at once). Running it writes each
+/// outbox out once, however many frames the burst queued on it: fan-out
+/// bursts cost one syscall per subscriber, not one per message.
+#[derive(Debug, Default)]
+pub struct Flush {
+    outboxes: Vec<Arc<Outbox>>,
+}
+
+impl Flush {
+    /// Past this many outboxes the burst is flushed early: a long burst must
+    /// not delay the first subscribers' messages.
+    const MAX: usize = 4096;
+
+    fn add(&mut self, outbox: &Arc<Outbox>) {
+        self.outboxes.push(Arc::clone(outbox));
+        if self.outboxes.len() >= Self::MAX {
+            self.run();
+        }
+    }
+
+    /// Writes out every outbox of the burst.
+    pub fn run(&mut self) {
+        self.outboxes.drain(..).for_each(|outbox| outbox.flush());
+        if self.outboxes.capacity() > Self::MAX {
+            self.outboxes = Vec::new();
+        }
+    }
+}
+
+impl Drop for Flush {
+    /// No frame is ever stranded by a producer that forgot to flush.
+    fn drop(&mut self) {
+        self.run();
     }
 }
 
@@ -198,10 +361,18 @@ mod tests {
         batch.iter().map(|b| &b[..]).collect()
     }
 
+    fn outbox(max_pending: usize) -> Arc<Outbox> {
+        Arc::new(Outbox::detached(1, max_pending))
+    }
+
+    fn push(outbox: &Arc<Outbox>, frame: &'static str) -> bool {
+        outbox.push(Bytes::from(frame), &mut Flush::default())
+    }
+
     #[tokio::test]
     async fn hands_over_everything_queued_at_once() {
-        let outbox = Outbox::new(1, 100);
-        assert!(outbox.push(Bytes::from("a")) && outbox.push(Bytes::from("b")));
+        let outbox = outbox(100);
+        assert!(push(&outbox, "a") && push(&outbox, "b"));
         let mut batch = VecDeque::new();
         assert_eq!(outbox.next(&mut batch).await, Next::Write);
         assert_eq!(frames(&batch), [b"a", b"b"]);
@@ -209,14 +380,15 @@ mod tests {
 
     #[tokio::test]
     async fn a_held_reply_goes_before_what_was_pushed_after_it() {
-        let outbox = Outbox::new(1, 100);
-        outbox.push(Bytes::from("before"));
+        let outbox = outbox(100);
+        push(&outbox, "before");
         outbox.hold();
-        outbox.push(Bytes::from("message"));
+        push(&outbox, "message");
         let mut batch = VecDeque::new();
         assert_eq!(outbox.next(&mut batch).await, Next::Write);
         assert_eq!(frames(&batch), [b"before"]);
         batch.clear();
+        outbox.written();
         outbox.release(Bytes::from("CONFIRMED"));
         assert_eq!(outbox.next(&mut batch).await, Next::Write);
         assert_eq!(frames(&batch), [b"CONFIRMED".as_slice(), b"message"]);
@@ -224,23 +396,24 @@ mod tests {
 
     #[tokio::test]
     async fn over_budget_is_a_slow_consumer() {
-        let outbox = Outbox::new(1, 10);
-        assert!(outbox.push(Bytes::from("12345")));
-        assert!(outbox.push(Bytes::from("12345")));
-        assert!(!outbox.push(Bytes::from("1")));
-        assert!(!outbox.push(Bytes::from("1")), "stays cut off");
+        let outbox = outbox(10);
+        assert!(push(&outbox, "12345"));
+        assert!(push(&outbox, "12345"));
+        assert!(!push(&outbox, "1"));
+        assert!(!push(&outbox, "1"), "stays cut off");
         assert_eq!(outbox.next(&mut VecDeque::new()).await, Next::SlowConsumer);
     }
 
     #[tokio::test]
     async fn closing_flushes_then_stops() {
-        let outbox = Outbox::new(1, 100);
-        outbox.push(Bytes::from("BYE"));
+        let outbox = outbox(100);
+        push(&outbox, "BYE");
         outbox.close();
-        assert!(!outbox.push(Bytes::from("late")));
+        assert!(!push(&outbox, "late"));
         let mut batch = VecDeque::new();
         assert_eq!(outbox.next(&mut batch).await, Next::Write);
         batch.clear();
+        outbox.written();
         assert_eq!(outbox.next(&mut batch).await, Next::Closed);
     }
 }

@@ -5,7 +5,7 @@ use bytes::Bytes;
 use std::sync::Arc;
 
 use super::{Broker, BrokerError, Registry, Topic};
-use crate::outbox::{ConnId, Outbox};
+use crate::outbox::{ConnId, Flush, Outbox};
 
 #[derive(Debug, Default)]
 pub struct Embedded {
@@ -21,8 +21,13 @@ impl Broker for Embedded {
         self.registry.remove(topic, id);
     }
 
-    async fn publish(&self, channel: Bytes, payload: Bytes) -> Result<(), BrokerError> {
-        self.registry.publish(&channel, &payload);
+    async fn publish(
+        &self,
+        channel: Bytes,
+        payload: Bytes,
+        flush: &mut Flush,
+    ) -> Result<(), BrokerError> {
+        self.registry.publish(&channel, &payload, flush);
         Ok(())
     }
 

@@ -20,7 +20,7 @@ use std::sync::Arc;
 pub use embedded::Embedded;
 pub use registry::Registry;
 
-use crate::outbox::{ConnId, Outbox};
+use crate::outbox::{ConnId, Flush, Outbox};
 
 /// A channel name or a glob pattern.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -78,11 +78,13 @@ pub trait Broker: Send + Sync + 'static {
     /// `topic` is queued to it after this returns.
     fn unsubscribe(&self, topic: &Topic, id: ConnId);
 
-    /// Publishes `payload` to `channel`.
+    /// Publishes `payload` to `channel`. Local deliveries it makes are queued
+    /// on `flush`, which the caller runs when its burst of commands ends.
     fn publish(
         &self,
         channel: Bytes,
         payload: Bytes,
+        flush: &mut Flush,
     ) -> impl Future<Output = Result<(), BrokerError>> + Send;
 
     /// A one-line description for the startup log.

@@ -19,7 +19,7 @@
 //! `ERR backend unavailable`.
 
 use bytes::Bytes;
-use futures_util::StreamExt;
+use futures_util::{FutureExt, StreamExt};
 use redis::aio::{MultiplexedConnection, PubSubSink, PubSubStream};
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, RwLock};
@@ -29,7 +29,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use super::{Broker, BrokerError, Kind, Registry, Topic};
-use crate::outbox::{ConnId, Outbox};
+use crate::outbox::{ConnId, Flush, Outbox};
 
 /// How long Redis may take to answer anything before the connection is
 /// considered lost.
@@ -112,7 +112,14 @@ impl Broker for RedisBroker {
         let _ = self.requests.send(Request::Detach(topic.clone()));
     }
 
-    async fn publish(&self, channel: Bytes, payload: Bytes) -> Result<(), BrokerError> {
+    /// Through Redis: local subscribers get the message back from Redis, like
+    /// every node's, so nothing is queued on `flush` here.
+    async fn publish(
+        &self,
+        channel: Bytes,
+        payload: Bytes,
+        _flush: &mut Flush,
+    ) -> Result<(), BrokerError> {
         let mut connection = self.publisher().ok_or(BrokerError::Unavailable)?;
         let mut publish = redis::cmd("PUBLISH");
         publish.arg(&channel[..]).arg(&payload[..]);
@@ -350,16 +357,26 @@ fn timed_out() -> redis::RedisError {
     redis::RedisError::from(std::io::Error::new(std::io::ErrorKind::TimedOut, "redis timed out"))
 }
 
-/// Delivers every message Redis sends until the connection ends.
+/// Delivers every message Redis sends until the connection ends. Messages
+/// that arrived together are flushed to subscribers together.
 async fn read_messages(mut stream: PubSubStream, registry: Arc<Registry>) {
+    let mut flush = Flush::default();
     while let Some(message) = stream.next().await {
-        let Ok(channel) = message.get_channel::<Vec<u8>>() else {
-            continue;
-        };
-        let payload = message.get_payload_bytes();
-        match message.get_pattern::<Option<Vec<u8>>>() {
-            Ok(Some(pattern)) => registry.deliver_pattern(&pattern, &channel, payload),
-            _ => registry.deliver_channel(&channel, payload),
-        };
+        deliver(&registry, &message, &mut flush);
+        while let Some(Some(message)) = stream.next().now_or_never() {
+            deliver(&registry, &message, &mut flush);
+        }
+        flush.run();
     }
+}
+
+fn deliver(registry: &Registry, message: &redis::Msg, flush: &mut Flush) {
+    let Ok(channel) = message.get_channel::<Vec<u8>>() else {
+        return;
+    };
+    let payload = message.get_payload_bytes();
+    match message.get_pattern::<Option<Vec<u8>>>() {
+        Ok(Some(pattern)) => registry.deliver_pattern(&pattern, &channel, payload, flush),
+        _ => registry.deliver_channel(&channel, payload, flush),
+    };
 }

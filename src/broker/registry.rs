@@ -16,7 +16,7 @@ use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use super::glob::Glob;
 use super::{Kind, Topic};
-use crate::outbox::{ConnId, Outbox};
+use crate::outbox::{ConnId, Flush, Outbox};
 use crate::protocol::{Version, codec};
 
 type Subscribers = IndexMap<ConnId, Arc<Outbox>>;
@@ -47,7 +47,12 @@ impl<'a> Frames<'a> {
     }
 
     /// Pushes the message to each subscriber in its form; returns how many took it.
-    fn deliver(&mut self, pattern: Option<&[u8]>, subscribers: &Subscribers) -> usize {
+    fn deliver(
+        &mut self,
+        pattern: Option<&[u8]>,
+        subscribers: &Subscribers,
+        flush: &mut Flush,
+    ) -> usize {
         let mut delivered = 0;
         for outbox in subscribers.values() {
             let frame = match outbox.version() {
@@ -57,7 +62,7 @@ impl<'a> Frames<'a> {
                     None => codec::push_message(self.channel, self.payload),
                 }),
             };
-            delivered += usize::from(outbox.push(frame.clone()));
+            delivered += usize::from(outbox.push(frame.clone(), flush));
         }
         delivered
     }
@@ -140,27 +145,36 @@ impl Registry {
     }
 
     /// Delivers to the subscribers of `channel` by name only (a Redis `message`).
-    pub fn deliver_channel(&self, channel: &[u8], payload: &[u8]) -> usize {
+    /// Like every delivery, it queues: the caller runs `flush` when its burst ends.
+    pub fn deliver_channel(&self, channel: &[u8], payload: &[u8], flush: &mut Flush) -> usize {
         let channels = read(&self.channels);
         match channels.get(channel) {
-            Some(subscribers) => Frames::new(channel, payload).deliver(None, subscribers),
+            Some(subscribers) => Frames::new(channel, payload).deliver(None, subscribers, flush),
             None => 0,
         }
     }
 
     /// Delivers to the subscribers of `pattern` only (a Redis `pmessage`).
-    pub fn deliver_pattern(&self, pattern: &[u8], channel: &[u8], payload: &[u8]) -> usize {
+    pub fn deliver_pattern(
+        &self,
+        pattern: &[u8],
+        channel: &[u8],
+        payload: &[u8],
+        flush: &mut Flush,
+    ) -> usize {
         let patterns = read(&self.patterns);
         match patterns.get(pattern) {
-            Some(entry) => Frames::new(channel, payload).deliver(Some(pattern), &entry.subscribers),
+            Some(entry) => {
+                Frames::new(channel, payload).deliver(Some(pattern), &entry.subscribers, flush)
+            }
             None => 0,
         }
     }
 
     /// Delivers to the subscribers of `channel` and of every matching pattern
     /// (the embedded broker's publish). Returns the number of deliveries.
-    pub fn publish(&self, channel: &[u8], payload: &[u8]) -> usize {
-        let mut delivered = self.deliver_channel(channel, payload);
+    pub fn publish(&self, channel: &[u8], payload: &[u8], flush: &mut Flush) -> usize {
+        let mut delivered = self.deliver_channel(channel, payload, flush);
         let patterns = read(&self.patterns);
         if patterns.is_empty() {
             return delivered;
@@ -170,7 +184,7 @@ impl Registry {
         for (pattern, entry) in patterns.iter() {
             if entry.glob.matches(channel) {
                 frames.v2 = None;
-                delivered += frames.deliver(Some(pattern), &entry.subscribers);
+                delivered += frames.deliver(Some(pattern), &entry.subscribers, flush);
             }
         }
         delivered
@@ -182,6 +196,10 @@ mod tests {
     use super::*;
     use std::collections::VecDeque;
 
+    fn publish(registry: &Registry, channel: &[u8], payload: &[u8]) -> usize {
+        registry.publish(channel, payload, &mut Flush::default())
+    }
+
     async fn drain(outbox: &Outbox) -> Vec<Bytes> {
         let mut batch = VecDeque::new();
         outbox.next(&mut batch).await;
@@ -191,14 +209,14 @@ mod tests {
     #[tokio::test]
     async fn one_encoding_shared_by_all_subscribers() {
         let registry = Registry::default();
-        let (a, b) = (Arc::new(Outbox::new(1, 1024)), Arc::new(Outbox::new(2, 1024)));
+        let (a, b) = (Arc::new(Outbox::detached(1, 1024)), Arc::new(Outbox::detached(2, 1024)));
         let topic = Topic::channel(Bytes::from("news"));
         let (first, count) = registry.add(topic.clone(), &a);
         assert_eq!(count, 1);
         let (second, count) = registry.add(topic, &b);
         assert_eq!(count, 2);
         assert_eq!(first.name.as_ptr(), second.name.as_ptr(), "one copy of the name");
-        assert_eq!(registry.publish(b"news", b"hi"), 2);
+        assert_eq!(publish(&registry, b"news", b"hi"), 2);
         let (fa, fb) = (drain(&a).await, drain(&b).await);
         assert_eq!(fa, [Bytes::from("hi\r\n")]);
         assert_eq!(fa[0].as_ptr(), fb[0].as_ptr(), "the same buffer, not a copy");
@@ -207,12 +225,12 @@ mod tests {
     #[tokio::test]
     async fn patterns_and_names_each_deliver_once() {
         let registry = Registry::default();
-        let a = Arc::new(Outbox::new(1, 1024));
+        let a = Arc::new(Outbox::detached(1, 1024));
         a.set_version(Version::V2);
         registry.add(Topic::channel(Bytes::from("news.x")), &a);
         registry.add(Topic::pattern(Bytes::from("news.*")), &a);
         registry.add(Topic::pattern(Bytes::from("other.*")), &a);
-        assert_eq!(registry.publish(b"news.x", b"p"), 2);
+        assert_eq!(publish(&registry, b"news.x", b"p"), 2);
         assert_eq!(
             drain(&a).await,
             [
@@ -221,6 +239,6 @@ mod tests {
             ]
         );
         assert_eq!(registry.remove(&Topic::pattern(Bytes::from("news.*")), 1), 0);
-        assert_eq!(registry.publish(b"news.x", b"p"), 1);
+        assert_eq!(publish(&registry, b"news.x", b"p"), 1);
     }
 }

@@ -19,7 +19,7 @@ use tokio_util::sync::CancellationToken;
 use super::GRACE;
 use crate::broker::{Broker, Topic};
 use crate::config::Config;
-use crate::outbox::{ConnId, Next, Outbox};
+use crate::outbox::{ConnId, Flush, Next, Outbox};
 use crate::protocol::codec::{self, FrameError};
 use crate::protocol::command::{Command, Hello};
 
@@ -51,20 +51,29 @@ pub async fn serve<B: Broker>(
     config: Arc<Config>,
     shutdown: CancellationToken,
 ) {
-    let outbox = Arc::new(Outbox::new(id, config.max_pending));
+    let outbox = Arc::new(Outbox::new(id, config.max_pending, stream));
+    let Some(stream) = outbox.socket() else {
+        return;
+    };
     // Cancelled by the server's shutdown, or by the writer when it gives up.
     let closed = shutdown.child_token();
-    let mut session = Session { broker, config, outbox: Arc::clone(&outbox), topics: Vec::new() };
+    let mut session = Session {
+        broker,
+        config,
+        outbox: Arc::clone(&outbox),
+        topics: Vec::new(),
+        flush: Flush::default(),
+    };
     // Both halves borrow the one socket: no split, no shared handle to allocate.
     let reading = async {
-        let end = session.read_loop(&stream, &closed).await;
+        let end = session.read_loop(stream, &closed).await;
         session.leave();
         closed.cancel();
         if end == End::Violation {
-            Box::pin(linger(&stream)).await;
+            Box::pin(linger(stream)).await;
         }
     };
-    tokio::join!(reading, write_loop(&stream, &outbox, &closed));
+    tokio::join!(reading, write_loop(stream, &outbox, &closed));
 }
 
 /// A connection's state, as the reader sees it.
@@ -76,6 +85,9 @@ struct Session<B> {
     /// most connections hold a handful, and it is the smallest when idle;
     /// lookups are linear in at most `--max-subscriptions`.
     topics: Vec<Topic>,
+    /// Outboxes (this one included) that the current read's commands made
+    /// busy; written out once the read's commands are done.
+    flush: Flush,
 }
 
 impl<B: Broker> Session<B> {
@@ -103,7 +115,10 @@ impl<B: Broker> Session<B> {
                                 return End::Done;
                             }
                         }
-                        Ok(None) => break,
+                        Ok(None) => {
+                            self.flush.run();
+                            break;
+                        }
                         Err(FrameError::LineTooLong) => {
                             self.reply(Bytes::from_static(b"ERR line too long\r\n"));
                             return End::Violation;
@@ -154,7 +169,7 @@ impl<B: Broker> Session<B> {
                 if self.config.deny_publish {
                     self.reply(Bytes::from_static(b"ERR forbidden\r\n"));
                 } else {
-                    match self.broker.publish(channel, payload).await {
+                    match self.broker.publish(channel, payload, &mut self.flush).await {
                         Ok(()) => self.reply(CONFIRMED),
                         Err(error) => self.reply_error(&error),
                     }
@@ -224,12 +239,12 @@ impl<B: Broker> Session<B> {
         self.outbox.close();
     }
 
-    fn reply(&self, frame: Bytes) {
+    fn reply(&mut self, frame: Bytes) {
         // A refused reply means the connection is already being cut off.
-        let _ = self.outbox.push(frame);
+        let _ = self.outbox.push(frame, &mut self.flush);
     }
 
-    fn reply_error(&self, error: &dyn std::fmt::Display) {
+    fn reply_error(&mut self, error: &dyn std::fmt::Display) {
         self.reply(error_line(error));
     }
 }
@@ -251,6 +266,7 @@ async fn write_loop(stream: &TcpStream, outbox: &Outbox, closed: &CancellationTo
                 if write(stream, &buf, closed).await.is_err() {
                     break;
                 }
+                outbox.written();
                 if buf.capacity() > KEEP_BUFFER {
                     buf = Vec::new();
                 }

@@ -1,0 +1,113 @@
+#!/usr/bin/env bash
+# Runs crier bench against crier (embedded and on Redis), Redis and NATS, with
+# a fresh server per run, and appends one JSON line per run to $OUT.
+#
+#   scripts/bench-matrix.sh fanout|latency|conns [RUNS]
+#
+# Needs redis-server and nats-server (Debian packages) and a release build.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+what=${1:?fanout, latency or conns}
+runs=${2:-3}
+out=${OUT:-target/bench-results.jsonl}
+crier=target/release/crier
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+
+# start SYSTEM: starts a fresh server; sets PID (the server to measure),
+# ADDR, TARGET and EXTRA (bench flags) for it.
+start() {
+    local redis_port=16379
+    EXTRA=()
+    case $1 in
+    crier | crier-redis)
+        if [ "$1" = crier-redis ]; then
+            redis-server --port $redis_port --save '' --appendonly no --daemonize yes \
+                --pidfile "$work/redis.pid" --logfile "$work/redis.log" --maxclients 20000 >/dev/null
+            wait_port $redis_port
+            set -- crier --redis "redis://127.0.0.1:$redis_port"
+            EXTRA=(--publish-redis "127.0.0.1:$redis_port")
+        else
+            set -- crier
+        fi
+        shift
+        $crier serve --listen 127.0.0.1:17070 --max-connections 20000 "$@" 2>"$work/crier.log" &
+        PID=$!
+        wait_port 17070
+        ADDR=127.0.0.1:17070 TARGET=crier
+        ;;
+    redis)
+        redis-server --port $redis_port --save '' --appendonly no --daemonize yes \
+            --pidfile "$work/redis.pid" --logfile "$work/redis.log" --maxclients 20000 >/dev/null
+        wait_port $redis_port
+        PID=$(cat "$work/redis.pid") ADDR=127.0.0.1:$redis_port TARGET=redis
+        ;;
+    nats)
+        nats-server -p 14222 >"$work/nats.log" 2>&1 &
+        PID=$!
+        wait_port 14222
+        ADDR=127.0.0.1:14222 TARGET=nats
+        ;;
+    esac
+}
+
+stop() {
+    if [ -f "$work/redis.pid" ]; then
+        local redis_pid
+        redis_pid=$(cat "$work/redis.pid")
+        kill "$redis_pid" 2>/dev/null || true
+        while [ -e "/proc/$redis_pid" ]; do sleep 0.1; done
+        rm -f "$work/redis.pid"
+    fi
+    if [ -n "${PID:-}" ] && [ -e "/proc/$PID" ]; then
+        kill "$PID" 2>/dev/null || true
+        wait "$PID" 2>/dev/null || true
+    fi
+    PID=
+}
+
+wait_port() {
+    for _ in $(seq 100); do
+        (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
+        sleep 0.05
+    done
+    echo "nothing listens on port $1" >&2
+    return 1
+}
+
+# run LABEL SYSTEM BENCH-FLAGS...: one measured run, labelled in the JSON.
+run() {
+    local label=$1 system=$2
+    shift 2
+    start "$system"
+    local line
+    line=$($crier bench --target "$TARGET" --addr "$ADDR" --server-pid "$PID" "${EXTRA[@]}" "$@" | tail -n 1)
+    stop
+    printf '{"label":"%s","system":"%s",%s\n' "$label" "$system" "${line#\{}" >>"$out"
+    echo "$label $system: $(echo "$line" | head -c 300)"
+}
+
+systems=(crier crier-redis redis nats)
+for _ in $(seq "$runs"); do
+    for system in "${systems[@]}"; do
+        case $what in
+        fanout)
+            for size in 64 1024; do
+                for subs in 1 100 1000 10000; do
+                    run "fanout-s$subs-b$size" "$system" --subscribers "$subs" --size "$size" --duration 5
+                done
+            done
+            ;;
+        latency)
+            for rate in 100 1000; do
+                run "latency-r$rate" "$system" --subscribers 1000 --rate "$rate" --duration 10
+            done
+            ;;
+        conns)
+            for conns in 1000 5000 15000; do
+                run "conns-c$conns" "$system" --mode conns --conns "$conns" --hold 2
+            done
+            ;;
+        esac
+    done
+done
