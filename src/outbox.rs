@@ -337,8 +337,18 @@ impl Flush {
         }
     }
 
+    /// A burst touching more outboxes than this is written out by two tasks,
+    /// so that a large fan-out uses two cores.
+    const SPLIT: usize = 256;
+
     /// Writes out every outbox of the burst.
     pub fn run(&mut self) {
+        if self.outboxes.len() >= Self::SPLIT
+            && let Ok(runtime) = tokio::runtime::Handle::try_current()
+        {
+            let half = self.outboxes.split_off(self.outboxes.len() / 2);
+            runtime.spawn(async move { half.iter().for_each(|outbox| outbox.flush()) });
+        }
         self.outboxes.drain(..).for_each(|outbox| outbox.flush());
         if self.outboxes.capacity() > Self::MAX {
             self.outboxes = Vec::new();

@@ -231,8 +231,10 @@ impl<B: Broker> Session<B> {
         }
     }
 
-    /// Drops every subscription and stops the outbox accepting output.
+    /// Delivers what the last commands queued, drops every subscription and
+    /// stops the outbox accepting output.
     fn leave(&mut self) {
+        self.flush.run();
         for topic in self.topics.drain(..) {
             self.broker.unsubscribe(&topic, self.outbox.id());
         }
