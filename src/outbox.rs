@@ -326,15 +326,12 @@ pub struct Flush {
 }
 
 impl Flush {
-    /// Past this many outboxes the burst is flushed early: a long burst must
-    /// not delay the first subscribers' messages.
-    const MAX: usize = 4096;
+    /// A list longer than this is given back after a run, so one large burst
+    /// does not pin memory on a connection that then goes quiet.
+    const KEEP: usize = 4096;
 
     fn add(&mut self, outbox: &Arc<Outbox>) {
         self.outboxes.push(Arc::clone(outbox));
-        if self.outboxes.len() >= Self::MAX {
-            self.run();
-        }
     }
 
     /// A burst touching more outboxes than this is written out by two tasks,
@@ -350,7 +347,7 @@ impl Flush {
             runtime.spawn(async move { half.iter().for_each(|outbox| outbox.flush()) });
         }
         self.outboxes.drain(..).for_each(|outbox| outbox.flush());
-        if self.outboxes.capacity() > Self::MAX {
+        if self.outboxes.capacity() > Self::KEEP {
             self.outboxes = Vec::new();
         }
     }

@@ -9,15 +9,14 @@
 //!
 //! Files: `targets` (wire dialects), `payload` (the message header),
 //! `subscriber` / `publisher` (the connection loops), `net` (connecting many
-//! sockets), `report` (histograms, summary, JSON), `sys` (rlimit, rusage,
-//! /proc).
+//! sockets), `report` (histograms, summary, JSON); process facts (rlimit,
+//! rusage, /proc) are `crate::sys`, shared with the server.
 
 mod net;
 mod payload;
 mod publisher;
 mod report;
 mod subscriber;
-mod sys;
 mod targets;
 
 use std::sync::Arc;
@@ -25,6 +24,8 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
+
+use crate::sys;
 use tokio::sync::{Semaphore, mpsc, watch};
 use tokio::task::JoinHandle;
 

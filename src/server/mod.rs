@@ -53,8 +53,8 @@ async fn start<B: Broker>(
 
 /// Each connection is a file descriptor: use all the process may have.
 fn raise_open_files_limit() {
-    match crate::sys::raise_open_files_limit() {
-        Ok(limit) => tracing::debug!(limit, "open files limit"),
+    match crate::sys::raise_nofile() {
+        Ok(limit) => tracing::debug!(limit = limit.now, "open files limit"),
         Err(error) => tracing::warn!(%error, "cannot raise the open files limit"),
     }
 }
