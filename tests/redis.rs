@@ -156,6 +156,9 @@ fn started_while_redis_is_down() {
 #[test]
 fn password_and_database_in_the_url() {
     let redis = Redis::start();
+    // A named ACL user too, as Redis 6+ deployments have.
+    let user: [&[u8]; 8] = [b"ACL", b"SETUSER", b"crier", b"on", b">pw", b"~*", b"&*", b"+@all"];
+    assert_eq!(redis.command(&user), b"+OK\r\n");
     assert_eq!(redis.command(&[b"CONFIG", b"SET", b"requirepass", b"s3cret"]), b"+OK\r\n");
     let url = format!("redis://:s3cret@127.0.0.1:{}/3", redis.port);
     let server = Server::start(&["--redis", &url]);
@@ -165,6 +168,14 @@ fn password_and_database_in_the_url() {
     let mut publisher = server.connect();
     publisher.command("PUBLISH updates authenticated", "CONFIRMED");
     client.expect_line(b"authenticated");
+
+    let as_user = format!("redis://crier:pw@127.0.0.1:{}", redis.port);
+    let named = Server::start(&["--redis", &as_user]);
+    named.wait_log("redis: connected");
+    let mut client = named.connect();
+    client.command("SUBSCRIBE", "CONFIRMED");
+    named.connect().command("PUBLISH updates as a user", "CONFIRMED");
+    client.expect_line(b"as a user");
 
     let wrong = format!("redis://:wrong@127.0.0.1:{}", redis.port);
     let refused = Server::start(&["--redis", &wrong]);
