@@ -375,8 +375,9 @@ fn deliver(registry: &Registry, message: &redis::Msg, flush: &mut Flush) {
         return;
     };
     let payload = message.get_payload_bytes();
-    match message.get_pattern::<Option<Vec<u8>>>() {
-        Ok(Some(pattern)) => registry.deliver_pattern(&pattern, &channel, payload, flush),
-        _ => registry.deliver_channel(&channel, payload, flush),
-    };
+    if !message.from_pattern() {
+        registry.deliver_channel(&channel, payload, flush);
+    } else if let Ok(pattern) = message.get_pattern::<Vec<u8>>() {
+        registry.deliver_pattern(&pattern, &channel, payload, flush);
+    }
 }

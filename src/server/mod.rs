@@ -1,4 +1,4 @@
-//! The TCP server: the accept loop (`listener`), one task pair per client
+//! The TCP server: the accept loop (`listener`), one task per client
 //! (`connection`: a reader that executes commands, a writer that drains the
 //! outbox), and the shutdown signal (`shutdown`).
 
