@@ -288,16 +288,12 @@ impl Outbox {
 
 /// Writes `frames` with `writev` until done or the socket would block,
 /// removing what was written (a partly written frame is sliced). Returns
-/// whether the first frame left was partly written.
-fn write_now(socket: &TcpStream, frames: &mut VecDeque<Bytes>) -> io::Result<bool> {
+/// whether the first frame left was partly written. Producers and the writer
+/// both write through it.
+pub(crate) fn write_now(socket: &TcpStream, frames: &mut VecDeque<Bytes>) -> io::Result<bool> {
     let mut started = false;
     while !frames.is_empty() {
-        let mut slices = [IoSlice::new(&[]); MAX_SLICES];
-        let count = frames.len().min(MAX_SLICES);
-        for (slice, frame) in slices.iter_mut().zip(frames.iter()) {
-            *slice = IoSlice::new(frame);
-        }
-        let mut written = match socket.try_write_vectored(&slices[..count]) {
+        let mut written = match write_slices(socket, frames) {
             Ok(written) => written,
             Err(error) if error.kind() == io::ErrorKind::WouldBlock => return Ok(started),
             Err(error) => return Err(error),
@@ -314,6 +310,24 @@ fn write_now(socket: &TcpStream, frames: &mut VecDeque<Bytes>) -> io::Result<boo
         }
     }
     Ok(started)
+}
+
+/// One `writev` of the first frames. Few frames (the usual case: one message
+/// to an idle subscriber) use a small array on the stack, many a heap array,
+/// so that no call pays for setting up more slices than it sends.
+fn write_slices(socket: &TcpStream, frames: &VecDeque<Bytes>) -> io::Result<usize> {
+    const ON_STACK: usize = 8;
+    let count = frames.len().min(MAX_SLICES);
+    if count <= ON_STACK {
+        let mut slices = [IoSlice::new(&[]); ON_STACK];
+        for (slice, frame) in slices.iter_mut().zip(frames) {
+            *slice = IoSlice::new(frame);
+        }
+        socket.try_write_vectored(&slices[..count])
+    } else {
+        let slices: Vec<IoSlice<'_>> = frames.iter().take(count).map(|f| IoSlice::new(f)).collect();
+        socket.try_write_vectored(&slices)
+    }
 }
 
 /// Outboxes made busy during one burst of a producer's work (the commands of

@@ -174,14 +174,14 @@ impl Registry {
     /// Delivers to the subscribers of `channel` and of every matching pattern
     /// (the embedded broker's publish). Returns the number of deliveries.
     pub fn publish(&self, channel: &[u8], payload: &[u8], flush: &mut Flush) -> usize {
-        let mut delivered = self.deliver_channel(channel, payload, flush);
-        let patterns = read(&self.patterns);
-        if patterns.is_empty() {
-            return delivered;
-        }
-        // The v1 frame does not depend on the pattern: share it across patterns.
+        // One set of frames for the whole publish: the v1 frame does not
+        // depend on who matched, so it is encoded once for names and patterns.
         let mut frames = Frames::new(channel, payload);
-        for (pattern, entry) in patterns.iter() {
+        let mut delivered = match read(&self.channels).get(channel) {
+            Some(subscribers) => frames.deliver(None, subscribers, flush),
+            None => 0,
+        };
+        for (pattern, entry) in read(&self.patterns).iter() {
             if entry.glob.matches(channel) {
                 frames.v2 = None;
                 delivered += frames.deliver(Some(pattern), &entry.subscribers, flush);
@@ -220,6 +220,18 @@ mod tests {
         let (fa, fb) = (drain(&a).await, drain(&b).await);
         assert_eq!(fa, [Bytes::from("hi\r\n")]);
         assert_eq!(fa[0].as_ptr(), fb[0].as_ptr(), "the same buffer, not a copy");
+    }
+
+    #[tokio::test]
+    async fn v1_is_encoded_once_for_names_and_patterns() {
+        let registry = Registry::default();
+        let a = Arc::new(Outbox::detached(1, 1024));
+        registry.add(Topic::channel(Bytes::from("news.x")), &a);
+        registry.add(Topic::pattern(Bytes::from("news.*")), &a);
+        assert_eq!(publish(&registry, b"news.x", b"p"), 2);
+        let frames = drain(&a).await;
+        assert_eq!(frames, [Bytes::from("p\r\n"), Bytes::from("p\r\n")]);
+        assert_eq!(frames[0].as_ptr(), frames[1].as_ptr(), "the same buffer, not a copy");
     }
 
     #[tokio::test]

@@ -19,7 +19,7 @@ use tokio_util::sync::CancellationToken;
 use super::GRACE;
 use crate::broker::{Broker, Topic};
 use crate::config::Config;
-use crate::outbox::{ConnId, Flush, Next, Outbox};
+use crate::outbox::{ConnId, Flush, Next, Outbox, write_now};
 use crate::protocol::codec::{self, FrameError};
 use crate::protocol::command::{Command, Hello};
 
@@ -27,9 +27,6 @@ use crate::protocol::command::{Command, Hello};
 /// burst: their deliveries go out in one write per subscriber, so a larger
 /// read means fewer syscalls under load (the buffer is released when idle).
 const READ_CHUNK: usize = 64 * 1024;
-/// A writer buffer larger than this is given back after use, so a burst does
-/// not pin memory on a connection that then goes idle.
-const KEEP_BUFFER: usize = 64 * 1024;
 
 const CONFIRMED: Bytes = Bytes::from_static(b"CONFIRMED\r\n");
 const ALREADY_SUBSCRIBED: Bytes = Bytes::from_static(b"ALREADY SUBSCRIBED\r\n");
@@ -261,25 +258,22 @@ fn error_line(error: &dyn std::fmt::Display) -> Bytes {
 /// out it cancels `closed`, which stops the reader too.
 async fn write_loop(stream: &TcpStream, outbox: &Outbox, closed: &CancellationToken) {
     let mut batch = VecDeque::new();
-    let mut buf = Vec::new();
     loop {
         match outbox.next(&mut batch).await {
             Next::Write => {
-                buf.clear();
-                std::mem::take(&mut batch).iter().for_each(|frame| buf.extend_from_slice(frame));
-                if write(stream, &buf, closed).await.is_err() {
+                if write(stream, &mut batch, closed).await.is_err() {
                     break;
                 }
                 outbox.written();
-                if buf.capacity() > KEEP_BUFFER {
-                    buf = Vec::new();
-                }
+                // An idle connection keeps no queue allocation.
+                batch = VecDeque::new();
             }
             Next::Closed => break,
             Next::SlowConsumer => {
                 tracing::debug!(id = outbox.id(), "slow consumer cut off");
                 closed.cancel();
-                let _ = write(stream, b"ERR slow consumer\r\n", closed).await;
+                let mut last = VecDeque::from([Bytes::from_static(b"ERR slow consumer\r\n")]);
+                let _ = write(stream, &mut last, closed).await;
                 break;
             }
         }
@@ -289,31 +283,30 @@ async fn write_loop(stream: &TcpStream, outbox: &Outbox, closed: &CancellationTo
     let _ = socket2::SockRef::from(stream).shutdown(std::net::Shutdown::Write);
 }
 
-/// Writes all of `data`. Unbounded while the connection is open (a stuck
+/// Writes all of `frames`. Unbounded while the connection is open (a stuck
 /// client is caught by its output budget); once it is closing, bounded by `GRACE`.
-async fn write(stream: &TcpStream, data: &[u8], closed: &CancellationToken) -> io::Result<()> {
-    let mut rest = data;
+async fn write(
+    stream: &TcpStream,
+    frames: &mut VecDeque<Bytes>,
+    closed: &CancellationToken,
+) -> io::Result<()> {
     tokio::select! {
-        written = write_all(stream, &mut rest) => return written,
+        written = write_all(stream, frames) => return written,
         _ = closed.cancelled() => {}
     }
     // Boxed: the timer is large and only closing connections need it.
-    match Box::pin(tokio::time::timeout(GRACE, write_all(stream, &mut rest))).await {
+    match Box::pin(tokio::time::timeout(GRACE, write_all(stream, frames))).await {
         Ok(written) => written,
         Err(_) => Err(io::ErrorKind::TimedOut.into()),
     }
 }
 
-/// Writes `rest` through a shared reference to the socket, advancing it as
-/// bytes go out, so that a cancelled call loses no progress.
-async fn write_all(stream: &TcpStream, rest: &mut &[u8]) -> io::Result<()> {
-    while !rest.is_empty() {
+/// Writes `frames` as the socket drains, removing what went out, so that a
+/// cancelled call loses no progress.
+async fn write_all(stream: &TcpStream, frames: &mut VecDeque<Bytes>) -> io::Result<()> {
+    while !frames.is_empty() {
         poll_fn(|cx| stream.poll_write_ready(cx)).await?;
-        match stream.try_write(rest) {
-            Ok(written) => *rest = &rest[written..],
-            Err(error) if error.kind() == io::ErrorKind::WouldBlock => {}
-            Err(error) => return Err(error),
-        }
+        write_now(stream, frames)?;
     }
     Ok(())
 }
