@@ -1,10 +1,10 @@
 //! Micro-benchmarks of the hot path's pure parts: framing, push encoding, the
 //! glob matcher and a registry fan-out. Run with `cargo bench`.
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use crier::broker::glob::Glob;
 use crier::broker::{Registry, Topic};
-use crier::outbox::{Flush, Outbox};
+use crier::outbox::{Batch, Deferred, Flush, Outbox};
 use crier::protocol::{Command, codec};
 use divan::{Bencher, black_box};
 use std::sync::Arc;
@@ -24,10 +24,14 @@ fn split_and_parse_100_lines(bencher: Bencher) {
     let input: Vec<u8> =
         (0..100).flat_map(|i| format!("PUBLISH ch.{i} payload {i}\r\n").into_bytes()).collect();
     bencher.bench(|| {
-        let mut buf = BytesMut::from(&input[..]);
+        let mut reader = codec::LineReader::new(65_536);
+        let _ = reader.read_with(|buf| {
+            buf.extend_from_slice(&input);
+            Ok(input.len())
+        });
         let mut parsed = 0;
-        while let Ok(Some(line)) = codec::next_line(&mut buf, 65_536) {
-            parsed += usize::from(Command::parse(line.freeze()).is_ok());
+        while let Ok(Some(line)) = reader.next_line() {
+            parsed += usize::from(Command::parse(line).is_ok());
         }
         parsed
     });
@@ -45,23 +49,37 @@ fn glob_match(bencher: Bencher, pattern: &str) {
 /// pushes, and each writer taking its batch.
 #[divan::bench(args = [1, 100, 1000])]
 fn registry_fan_out(bencher: Bencher, subscribers: usize) {
-    let registry = Registry::default();
+    let registry = Registry::new(usize::MAX);
     let topic = Topic::channel(Bytes::from_static(b"fan"));
-    let outboxes: Vec<Arc<Outbox>> =
-        (0..subscribers as u64).map(|id| Arc::new(Outbox::detached(id, usize::MAX))).collect();
+    let outboxes: Vec<Arc<Outbox>> = (0..subscribers as u64)
+        .map(|id| Outbox::new(id, usize::MAX, Deferred) as Arc<Outbox>)
+        .collect();
     for outbox in &outboxes {
-        registry.add(topic.clone(), outbox);
+        registry.add(topic.clone(), outbox).expect("under the limit");
     }
     let payload = vec![b'x'; 64];
     let runtime = tokio::runtime::Builder::new_current_thread().build().expect("runtime");
-    let mut batch = std::collections::VecDeque::new();
     bencher.bench_local(|| {
         let delivered = registry.publish(b"fan", &payload, &mut Flush::default());
         for outbox in &outboxes {
+            let mut batch = Batch::default();
             runtime.block_on(outbox.next(&mut batch));
-            outbox.written();
-            batch.clear();
+            outbox.written(batch.bytes());
         }
         delivered
     });
+}
+
+/// A publish that matches none of N patterns held on the server: what every
+/// publish pays for the patterns in use. The patterns are indexed by literal
+/// prefix, so this stays flat as N grows (a scan would run N glob matches).
+#[divan::bench(args = [10, 1000, 10000])]
+fn publish_past_patterns(bencher: Bencher, patterns: usize) {
+    let registry = Registry::new(usize::MAX);
+    let outbox: Arc<Outbox> = Outbox::new(1, usize::MAX, Deferred);
+    for i in 0..patterns {
+        let topic = Topic::pattern(Bytes::from(format!("user.{i}.*")));
+        registry.add(topic, &outbox).expect("under the limit");
+    }
+    bencher.bench_local(|| registry.publish(b"scores.eu", b"1-0", &mut Flush::default()));
 }

@@ -36,6 +36,9 @@ pub struct ServeArgs {
     /// Channels plus patterns one connection may subscribe to [default: 10000].
     #[arg(long, env = "CRIER_MAX_SUBSCRIPTIONS")]
     pub max_subscriptions: Option<usize>,
+    /// Channels plus patterns in use on the server before `ERR too many channels` [default: 1000000].
+    #[arg(long, env = "CRIER_MAX_CHANNELS")]
+    pub max_channels: Option<usize>,
     /// Concurrent client connections before `ERR server full` [default: 10000].
     #[arg(long, env = "CRIER_MAX_CONNECTIONS")]
     pub max_connections: Option<usize>,
@@ -54,6 +57,7 @@ struct FileConfig {
     max_line: Option<usize>,
     max_pending: Option<usize>,
     max_subscriptions: Option<usize>,
+    max_channels: Option<usize>,
     max_connections: Option<usize>,
     deny_publish: Option<bool>,
 }
@@ -67,6 +71,7 @@ pub struct Config {
     pub max_line: usize,
     pub max_pending: usize,
     pub max_subscriptions: usize,
+    pub max_channels: usize,
     pub max_connections: usize,
     pub deny_publish: bool,
 }
@@ -80,6 +85,7 @@ impl Default for Config {
             max_line: 64 * 1024,
             max_pending: 8 * 1024 * 1024,
             max_subscriptions: 10_000,
+            max_channels: 1_000_000,
             max_connections: 10_000,
             deny_publish: false,
         }
@@ -112,6 +118,7 @@ impl ServeArgs {
                 .max_subscriptions
                 .or(file.max_subscriptions)
                 .unwrap_or(default.max_subscriptions),
+            max_channels: self.max_channels.or(file.max_channels).unwrap_or(default.max_channels),
             max_connections: self
                 .max_connections
                 .or(file.max_connections)
@@ -135,6 +142,7 @@ impl Config {
             ("--max-line", self.max_line),
             ("--max-pending", self.max_pending),
             ("--max-subscriptions", self.max_subscriptions),
+            ("--max-channels", self.max_channels),
             ("--max-connections", self.max_connections),
         ] {
             if value == 0 {

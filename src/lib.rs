@@ -3,10 +3,13 @@
 //!
 //! The architecture, module by module:
 //! - [`protocol`]: framing of command lines and pushes, command parsing (no I/O);
-//! - [`outbox`]: a connection's bounded outbound queue, where fan-out meets the socket;
+//! - [`session`]: the transport-neutral core of a connection: commands,
+//!   subscriptions, push form, limits, permissions, cleanup;
+//! - [`transport`]: the adapters that carry a session (`tcp`, the line protocol);
+//! - [`outbox`]: a connection's bounded outbound queue, where fan-out meets the transport;
 //! - [`broker`]: who receives what: the registry, the glob matcher, and the
 //!   embedded and Redis backends behind one trait;
-//! - [`server`]: the accept loop, the connection tasks, shutdown;
+//! - [`server`]: the accept loop, why connections end, shutdown;
 //! - [`client`]: `crier client`, `crier sub`, `crier pub`;
 //! - [`bench`]: `crier bench`, the load generator;
 //! - [`config`]: flags, environment and config file.
@@ -18,4 +21,6 @@ pub mod config;
 pub mod outbox;
 pub mod protocol;
 pub mod server;
+pub mod session;
 pub mod sys;
+pub mod transport;

@@ -1,5 +1,6 @@
 //! The `crier` command: the server, the clients and the load generator.
 
+use anyhow::Context;
 use clap::{Parser, Subcommand};
 use std::io::IsTerminal;
 use tokio_util::sync::CancellationToken;
@@ -59,9 +60,12 @@ async fn run(command: Command) -> anyhow::Result<()> {
     match command {
         Command::Serve(args) => {
             let config = args.resolve()?;
+            let listener = tokio::net::TcpListener::bind(config.listen)
+                .await
+                .with_context(|| format!("cannot listen on {}", config.listen))?;
             let shutdown = CancellationToken::new();
             let signals = tokio::spawn(crier::server::shutdown::on_signal(shutdown.clone()));
-            let served = crier::server::run(config, shutdown.clone()).await;
+            let served = crier::server::run(config, listener, shutdown.clone()).await;
             shutdown.cancel();
             signals.await??;
             served

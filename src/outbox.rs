@@ -1,34 +1,41 @@
 //! A connection's outbound queue: the one place where the broker (many
-//! producers, publishing) meets the connection's socket.
+//! producers, publishing) meets the connection's transport.
 //!
-//! Producers never wait. `push` appends a shared `Bytes` under a short lock.
-//! The frames are then written, in order, by whoever gets there first:
-//! - the producer itself, at the end of its burst of work (see [`Flush`]): it
-//!   writes straight into the socket without blocking, as Redis does, so an
-//!   idle subscriber gets a message with one syscall and no task wake-up, and
-//!   a burst of messages goes out in one write;
-//! - or the connection's writer, which takes over whenever the socket would
-//!   block (it waits for the socket to drain), and for replies that waited for
-//!   the broker.
+//! Producers never wait. `push` and `deliver` append a shared `Bytes` under a
+//! short lock. The frames are then written, in order, by whoever gets there first:
+//! - the producer itself, at the end of its burst of work (see [`Flush`]),
+//!   through [`Sink::try_write`]: on plain TCP it writes straight into the
+//!   socket without blocking, as Redis does, so an idle subscriber gets a
+//!   message with one syscall and no task wake-up;
+//! - or the transport's writer task, which takes over whenever the sink would
+//!   block, and always for sinks that only their own task can write (TLS,
+//!   WebSocket), via [`Outbox::next`].
 //!
 //! A `writing` flag makes those two mutually exclusive, so bytes of two
 //! writes never interleave.
 //!
-//! Every byte queued counts against `max_pending`. Past it the queue is dropped
-//! and the connection is marked a slow consumer: its writer sends
-//! `ERR slow consumer` and closes, and no producer ever waits for it.
+//! The invariants are held by the queue's shape, not by indexes into it:
+//! - a *hold* is an [`Entry::Hold`] in the queue: the place of a reply not
+//!   known yet (a `SUBSCRIBE` waiting for Redis). Nothing is written past it
+//!   until `release` puts the reply in its place, so a subscriber sees
+//!   `CONFIRMED` before the first message of its channel;
+//! - the unwritten rest of a frame the client has begun to receive is an
+//!   [`Entry::Rest`]: the one entry a cut-off never drops, so the error line
+//!   that follows starts on a frame boundary;
+//! - the push form (`HELLO`) is state under the same lock that orders the
+//!   queue, so every push after a `HELLO` reply is in the new form.
 //!
-//! A *hold* reserves the place of a reply that is not known yet (the answer to a
-//! `SUBSCRIBE` that waits for Redis): pushes queue up behind it, and nothing
-//! is written past it until `release` puts the reply in its place. That is how
-//! a subscriber sees `CONFIRMED` before the first message of its channel.
+//! Every byte not yet handed to the transport (queued, or taken by a writer
+//! and not yet written) counts against `max_pending`. Past it the queue is
+//! dropped and the connection is cut off as a slow consumer: the writer learns
+//! it wherever it waits ([`Outbox::cut_off`]), sends `ERR slow consumer` and
+//! closes. No producer ever waits for a subscriber.
 
 use bytes::Bytes;
 use std::collections::VecDeque;
 use std::io::{self, IoSlice};
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use tokio::net::TcpStream;
 use tokio::sync::Notify;
 
 use crate::protocol::Version;
@@ -39,45 +46,76 @@ pub type ConnId = u64;
 /// Frames handed to the kernel per `writev` call.
 const MAX_SLICES: usize = 1024;
 
-/// See the module documentation.
-#[derive(Debug)]
-pub struct Outbox {
+/// Where an outbox's frames go: the transport below it.
+pub trait Sink: Send + Sync + 'static {
+    /// Writes a prefix of `frames` without waiting, from whichever thread
+    /// calls; returns how many bytes it took, or `WouldBlock` when none fit.
+    /// A transport that only its own task can write (TLS, WebSocket: their
+    /// state is behind `&mut`) always answers `WouldBlock`, and its writer
+    /// task does the writing.
+    fn try_write(&self, frames: &[IoSlice<'_>]) -> io::Result<usize>;
+}
+
+/// A sink that producers never write: everything goes through [`Outbox::next`].
+#[derive(Debug, Default)]
+pub struct Deferred;
+
+impl Sink for Deferred {
+    fn try_write(&self, _frames: &[IoSlice<'_>]) -> io::Result<usize> {
+        Err(io::ErrorKind::WouldBlock.into())
+    }
+}
+
+/// See the module documentation. `S` is the transport's sink; the broker holds
+/// outboxes as `Arc<Outbox>` (the sink behind a vtable), the transport as
+/// `Arc<Outbox<ItsSink>>`: the same allocation.
+pub struct Outbox<S: ?Sized + Sink = dyn Sink> {
     id: ConnId,
     max_pending: usize,
-    version: AtomicU8,
-    /// The connection's socket; `None` for an outbox that only queues (tests).
-    socket: Option<TcpStream>,
     state: Mutex<State>,
     /// Wakes the connection's writer.
     wake: Notify,
+    sink: S,
 }
 
-#[derive(Debug, Default)]
+impl<S: ?Sized + Sink> std::fmt::Debug for Outbox<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Outbox").field("id", &self.id).finish_non_exhaustive()
+    }
+}
+
+/// One place in the queue; see the module documentation.
+#[derive(Debug)]
+enum Entry {
+    Frame(Bytes),
+    Rest(Bytes),
+    Hold,
+}
+
+#[derive(Debug)]
 struct State {
-    queue: VecDeque<Bytes>,
-    /// Bytes in `queue`.
+    queue: VecDeque<Entry>,
+    /// Bytes queued plus bytes taken by a writer and not yet written.
     pending: usize,
-    /// With a hold: how many frames of `queue` come before the held reply.
-    hold: Option<usize>,
-    /// Frames taken from the queue are being written (by a producer or the writer).
+    /// `Entry::Hold`s in `queue`.
+    holds: usize,
+    /// A writer (a producer's flush or the writer task) holds frames taken
+    /// from the queue.
     writing: bool,
-    /// The first frame of `queue` is the rest of a frame partly written: the
-    /// client has begun to receive it, so it is never dropped.
-    started: bool,
+    version: Version,
     status: Status,
 }
 
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Status {
-    #[default]
     Open,
     /// No more frames are accepted; the writer flushes the queue, then stops.
     Closing,
-    /// The budget was exceeded: the queue is gone, the writer reports and stops.
-    SlowConsumer,
+    /// Over budget: the queue is gone, the writer reports and stops.
+    CutOff,
 }
 
-/// What the writer is to do next.
+/// What the writer task is to do next.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Next {
     /// Frames were moved into the writer's batch: write them, then call
@@ -86,192 +124,101 @@ pub enum Next {
     /// The queue is flushed and the connection is closing.
     Closed,
     /// The connection exceeded its budget of pending output.
-    SlowConsumer,
+    CutOff,
 }
 
-impl Outbox {
-    /// An outbox for the connection on `socket`.
-    pub fn new(id: ConnId, max_pending: usize, socket: TcpStream) -> Outbox {
-        Outbox::build(id, max_pending, Some(socket))
-    }
+/// Frames taken from an outbox by one writer, in order.
+#[derive(Debug, Default)]
+pub struct Batch {
+    entries: VecDeque<Entry>,
+    bytes: usize,
+}
 
-    /// An outbox without a socket: frames wait for [`Outbox::next`].
-    pub fn detached(id: ConnId, max_pending: usize) -> Outbox {
-        Outbox::build(id, max_pending, None)
+impl<S: Sink> Outbox<S> {
+    /// An outbox writing into `sink`.
+    pub fn new(id: ConnId, max_pending: usize, sink: S) -> Arc<Outbox<S>> {
+        let state = State {
+            queue: VecDeque::new(),
+            pending: 0,
+            holds: 0,
+            writing: false,
+            version: Version::V1,
+            status: Status::Open,
+        };
+        Arc::new(Outbox { id, max_pending, state: Mutex::new(state), wake: Notify::new(), sink })
     }
+}
 
-    fn build(id: ConnId, max_pending: usize, socket: Option<TcpStream>) -> Outbox {
-        Outbox {
-            id,
-            max_pending,
-            version: AtomicU8::new(Version::V1 as u8),
-            socket,
-            state: Mutex::default(),
-            wake: Notify::new(),
-        }
-    }
-
+impl<S: ?Sized + Sink> Outbox<S> {
     pub fn id(&self) -> ConnId {
         self.id
     }
 
-    pub fn socket(&self) -> Option<&TcpStream> {
-        self.socket.as_ref()
-    }
-
-    /// The push form this connection asked for.
-    pub fn version(&self) -> Version {
-        match self.version.load(Ordering::Relaxed) {
-            2 => Version::V2,
-            _ => Version::V1,
-        }
-    }
-
-    pub fn set_version(&self, version: Version) {
-        self.version.store(version as u8, Ordering::Relaxed);
+    pub fn sink(&self) -> &S {
+        &self.sink
     }
 
     fn state(&self) -> MutexGuard<'_, State> {
-        // A panic while holding this lock cannot leave the queue inconsistent
-        // (every update is a single push or take), so a poisoned lock is usable.
+        // Every update below leaves the state consistent before anything that
+        // could panic, so a poisoned lock is still usable.
         self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Queues a frame; when this makes the outbox busy, adds it to `flush`,
-    /// whose owner writes it out at the end of its burst. Returns false when
-    /// the connection no longer accepts output (closing, or cut off as a slow
-    /// consumer by this very push).
-    pub fn push(self: &Arc<Self>, frame: Bytes, flush: &mut Flush) -> bool {
-        let mut state = self.state();
-        if state.status != Status::Open {
-            return false;
-        }
-        if state.pending + frame.len() > self.max_pending {
-            state.status = Status::SlowConsumer;
-            let keep = usize::from(state.started);
-            state.queue.truncate(keep);
-            state.pending = state.queue.iter().map(Bytes::len).sum();
-            drop(state);
-            self.wake.notify_one();
-            return false;
-        }
-        // Otherwise someone is already due to write: an earlier producer's
-        // flush, the writer (which looks again when done), or a release.
-        let idle = state.queue.is_empty() && !state.writing && state.hold.is_none();
-        state.pending += frame.len();
-        state.queue.push_back(frame);
-        drop(state);
-        if idle {
-            flush.add(self);
-        }
-        true
-    }
-
-    /// Writes what is queued straight into the socket, as far as it takes it
-    /// without blocking; hands the rest to the writer.
-    fn flush(&self) {
-        let Some(socket) = &self.socket else {
-            return self.wake.notify_one();
-        };
-        let mut frames = {
-            let mut state = self.state();
-            let busy = state.writing || state.hold.is_some() || state.status != Status::Open;
-            if busy || state.queue.is_empty() {
-                return;
-            }
-            state.writing = true;
-            state.started = false;
-            state.pending = 0;
-            std::mem::take(&mut state.queue)
-        };
-        // An error is the writer's to meet and report: keep the frames for it.
-        let started = write_now(socket, &mut frames).unwrap_or(false);
-        let mut state = self.state();
-        state.writing = false;
-        if state.status == Status::SlowConsumer {
-            // Cut off meanwhile: drop what is left, but finish a frame the
-            // client has begun to receive, so the error line stands alone.
-            frames.truncate(usize::from(started));
-        }
-        if !frames.is_empty() {
-            state.pending += frames.iter().map(Bytes::len).sum::<usize>();
-            state.started = started;
-            // A hold taken meanwhile counts the frames before it: these too.
-            if let Some(at) = state.hold.as_mut() {
-                *at += frames.len();
-            }
-            frames.append(&mut state.queue);
-            state.queue = frames;
-        }
-        let writer_needed = !state.queue.is_empty() || state.status != Status::Open;
-        drop(state);
-        if writer_needed {
-            self.wake.notify_one();
-        }
-    }
-
     /// Reserves the place of the next reply; see the module documentation.
-    /// At most one hold exists at a time: the connection answers in order.
     pub fn hold(&self) {
         let mut state = self.state();
-        state.hold = Some(state.queue.len());
+        if state.status == Status::Open {
+            state.queue.push_back(Entry::Hold);
+            state.holds += 1;
+        }
     }
 
-    /// Puts `reply` in the held place and lets the writer go on.
+    /// Puts `reply` in the place of the oldest hold and lets the writer go on.
     pub fn release(&self, reply: Bytes) {
         let mut state = self.state();
-        if let Some(at) = state.hold.take()
-            && state.status == Status::Open
+        if state.status == Status::Open
+            && let Some(place) = state.queue.iter_mut().find(|e| matches!(e, Entry::Hold))
         {
+            *place = Entry::Frame(reply.clone());
+            state.holds -= 1;
             state.pending += reply.len();
-            state.queue.insert(at, reply);
+            state.check();
         }
         drop(state);
         self.wake.notify_one();
     }
 
     /// Stops accepting frames; the writer flushes what is queued and stops.
+    /// Holds still waiting are dropped: their replies would come too late.
     pub fn close(&self) {
         let mut state = self.state();
         if state.status == Status::Open {
             state.status = Status::Closing;
+            state.queue.retain(|entry| !matches!(entry, Entry::Hold));
+            state.holds = 0;
         }
-        state.hold = None;
         drop(state);
         self.wake.notify_one();
     }
 
-    /// For the writer: waits for work and moves every writable frame into
-    /// `batch`, which must be empty.
-    pub async fn next(&self, batch: &mut VecDeque<Bytes>) -> Next {
+    /// For the writer task: waits for work and moves every writable frame
+    /// into `batch`, which must be empty.
+    pub async fn next(&self, batch: &mut Batch) -> Next {
+        debug_assert!(batch.is_empty());
         loop {
             {
                 let mut state = self.state();
                 if !state.writing {
                     match state.status {
-                        Status::SlowConsumer if state.queue.is_empty() => {
-                            return Next::SlowConsumer;
+                        Status::CutOff => {
+                            // At most the rest of a frame already begun.
+                            state.take(batch);
+                            return Next::CutOff;
                         }
                         Status::Closing if state.queue.is_empty() => return Next::Closed,
                         _ => {}
                     }
-                    match state.hold {
-                        None if !state.queue.is_empty() => {
-                            // Taken, not swapped: an idle connection keeps no
-                            // queue allocation.
-                            *batch = std::mem::take(&mut state.queue);
-                            state.pending = 0;
-                        }
-                        Some(at) if at > 0 => {
-                            batch.extend(state.queue.drain(..at));
-                            state.pending -= batch.iter().map(Bytes::len).sum::<usize>();
-                            state.hold = Some(0);
-                        }
-                        _ => {}
-                    }
-                    if !batch.is_empty() {
-                        state.writing = true;
-                        state.started = false;
+                    if state.take(batch) {
                         return Next::Write;
                     }
                 }
@@ -280,53 +227,266 @@ impl Outbox {
         }
     }
 
-    /// For the writer: the batch from [`Outbox::next`] is written.
-    pub fn written(&self) {
-        self.state().writing = false;
+    /// For the writer task: the batch from [`Outbox::next`] is written.
+    pub fn written(&self, bytes: usize) {
+        let mut state = self.state();
+        debug_assert!(state.writing && state.pending >= bytes);
+        state.writing = false;
+        state.pending -= bytes;
+    }
+
+    /// Resolves once the connection is cut off as a slow consumer. A writer
+    /// waits on it beside any wait for its transport, so a client that stops
+    /// reading is cut off even while a write to it is blocked.
+    pub async fn cut_off(&self) {
+        while self.state().status != Status::CutOff {
+            self.wake.notified().await;
+        }
     }
 }
 
-/// Writes `frames` with `writev` until done or the socket would block,
-/// removing what was written (a partly written frame is sliced). Returns
-/// whether the first frame left was partly written. Producers and the writer
-/// both write through it.
-pub(crate) fn write_now(socket: &TcpStream, frames: &mut VecDeque<Bytes>) -> io::Result<bool> {
-    let mut started = false;
-    while !frames.is_empty() {
-        let mut written = match write_slices(socket, frames) {
-            Ok(written) => written,
-            Err(error) if error.kind() == io::ErrorKind::WouldBlock => return Ok(started),
-            Err(error) => return Err(error),
-        };
-        while let Some(front) = frames.front_mut() {
-            if written < front.len() {
-                *front = front.slice(written..);
-                started |= written > 0;
-                break;
+impl Outbox {
+    /// Queues a frame (a reply); when this makes the outbox busy, adds it to
+    /// `flush`, whose owner writes it out at the end of its burst. Returns
+    /// false when the connection no longer accepts output.
+    pub fn push(self: &Arc<Self>, frame: Bytes, flush: &mut Flush) -> bool {
+        let state = self.state();
+        self.enqueue(state, frame, flush)
+    }
+
+    /// Queues a reply and switches the push form in one step: every push
+    /// queued after the reply is in `version`'s form.
+    pub fn push_and_switch(self: &Arc<Self>, frame: Bytes, version: Version, flush: &mut Flush) {
+        let mut state = self.state();
+        state.version = version;
+        self.enqueue(state, frame, flush);
+    }
+
+    /// Delivers a message to a subscription: `frame` gives the message in a
+    /// push form, chosen under the lock that orders the queue. Nothing is
+    /// queued once `active` is false: a message fanned out from a snapshot
+    /// taken before an `UNSUBSCRIBE` never follows its `CONFIRMED`.
+    pub fn deliver(
+        self: &Arc<Self>,
+        active: &AtomicBool,
+        frame: impl FnOnce(Version) -> Bytes,
+        flush: &mut Flush,
+    ) -> bool {
+        let state = self.state();
+        if !active.load(Ordering::Relaxed) {
+            return false;
+        }
+        let frame = frame(state.version);
+        self.enqueue(state, frame, flush)
+    }
+
+    fn enqueue(
+        self: &Arc<Self>,
+        mut state: MutexGuard<'_, State>,
+        frame: Bytes,
+        flush: &mut Flush,
+    ) -> bool {
+        if state.status != Status::Open {
+            return false;
+        }
+        if state.pending + frame.len() > self.max_pending {
+            state.cut_off();
+            drop(state);
+            self.wake.notify_one();
+            return false;
+        }
+        // Otherwise someone is already due to write: an earlier producer's
+        // flush, the writer (which looks again when done), or a release.
+        let idle = state.queue.is_empty() && !state.writing;
+        state.pending += frame.len();
+        state.queue.push_back(Entry::Frame(frame));
+        drop(state);
+        if idle {
+            flush.add(self);
+        }
+        true
+    }
+
+    /// Writes what is queued straight into the sink, as far as it takes it
+    /// without blocking; hands the rest to the writer.
+    fn flush(&self) {
+        let mut batch = Batch::default();
+        {
+            let mut state = self.state();
+            if state.writing || state.status != Status::Open || !state.take(&mut batch) {
+                return;
             }
-            written -= front.len();
-            frames.pop_front();
-            started = false;
+        }
+        let taken = batch.bytes;
+        // An error is the writer's to meet and report: keep the frames for it.
+        let _ = batch.write_to(&self.sink);
+        let mut state = self.state();
+        state.writing = false;
+        state.pending -= taken - batch.bytes;
+        if state.status == Status::CutOff {
+            // Cut off meanwhile: the writer sends the error after the rest of
+            // a frame already begun, and nothing else.
+            let left = batch.bytes;
+            batch.keep_rest();
+            state.pending -= left - batch.bytes;
+        }
+        if !batch.is_empty() {
+            batch.entries.append(&mut state.queue);
+            state.queue = batch.entries;
+        }
+        let writer_needed = !state.queue.is_empty() || state.status != Status::Open;
+        state.check();
+        drop(state);
+        if writer_needed {
+            self.wake.notify_one();
         }
     }
-    Ok(started)
 }
 
-/// One `writev` of the first frames. Few frames (the usual case: one message
-/// to an idle subscriber) use a small array on the stack, many a heap array,
-/// so that no call pays for setting up more slices than it sends.
-fn write_slices(socket: &TcpStream, frames: &VecDeque<Bytes>) -> io::Result<usize> {
-    const ON_STACK: usize = 8;
-    let count = frames.len().min(MAX_SLICES);
-    if count <= ON_STACK {
-        let mut slices = [IoSlice::new(&[]); ON_STACK];
-        for (slice, frame) in slices.iter_mut().zip(frames) {
-            *slice = IoSlice::new(frame);
+impl State {
+    /// Moves the frames before the first hold into `batch` and marks the
+    /// outbox as being written; false when there is nothing to take.
+    fn take(&mut self, batch: &mut Batch) -> bool {
+        debug_assert!(!self.writing && batch.is_empty());
+        if self.holds == 0 {
+            // Taken, not copied: an idle connection keeps no queue allocation.
+            batch.entries = std::mem::take(&mut self.queue);
+        } else {
+            let before = self.queue.iter().position(|e| matches!(e, Entry::Hold)).unwrap_or(0);
+            batch.entries.extend(self.queue.drain(..before));
         }
-        socket.try_write_vectored(&slices[..count])
-    } else {
-        let slices: Vec<IoSlice<'_>> = frames.iter().take(count).map(|f| IoSlice::new(f)).collect();
-        socket.try_write_vectored(&slices)
+        batch.bytes = batch.entries.iter().map(Entry::len).sum();
+        self.writing = !batch.is_empty();
+        self.writing
+    }
+
+    /// Over budget: everything queued is dropped but the rest of a frame
+    /// already begun (at the front, when no writer holds it).
+    fn cut_off(&mut self) {
+        self.status = Status::CutOff;
+        let rest = match self.queue.front() {
+            Some(Entry::Rest(_)) => self.queue.pop_front(),
+            _ => None,
+        };
+        self.pending -= self.queue.iter().map(Entry::len).sum::<usize>();
+        self.queue.clear();
+        self.queue.extend(rest);
+        self.holds = 0;
+        self.check();
+    }
+
+    /// The queue's shape, checked in debug builds.
+    fn check(&self) {
+        debug_assert_eq!(
+            self.holds,
+            self.queue.iter().filter(|e| matches!(e, Entry::Hold)).count()
+        );
+        debug_assert!(self.queue.iter().skip(1).all(|e| !matches!(e, Entry::Rest(_))));
+        debug_assert!(self.pending >= self.queue.iter().map(Entry::len).sum::<usize>());
+    }
+}
+
+impl Entry {
+    fn bytes(&self) -> &[u8] {
+        match self {
+            Entry::Frame(frame) | Entry::Rest(frame) => frame,
+            Entry::Hold => {
+                debug_assert!(false, "a hold is never taken into a batch");
+                &[]
+            }
+        }
+    }
+
+    fn len(&self) -> usize {
+        match self {
+            Entry::Frame(frame) | Entry::Rest(frame) => frame.len(),
+            Entry::Hold => 0,
+        }
+    }
+}
+
+impl Batch {
+    /// A batch holding one frame (the last line before a cut-off, a rejection).
+    pub fn of(frame: Bytes) -> Batch {
+        Batch { bytes: frame.len(), entries: VecDeque::from([Entry::Frame(frame)]) }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// Bytes left to write.
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+
+    /// The frames left, in order (a partly written one as its rest).
+    pub fn frames(&self) -> impl Iterator<Item = &[u8]> {
+        self.entries.iter().map(Entry::bytes)
+    }
+
+    /// Drops every frame but the rest of one the client has begun to receive.
+    pub fn keep_rest(&mut self) {
+        let keep = usize::from(matches!(self.entries.front(), Some(Entry::Rest(_))));
+        self.entries.truncate(keep);
+        self.bytes = self.entries.iter().map(Entry::len).sum();
+    }
+
+    /// Appends a frame (the error line after a cut-off).
+    pub fn push(&mut self, frame: Bytes) {
+        self.bytes += frame.len();
+        self.entries.push_back(Entry::Frame(frame));
+    }
+
+    /// Writes with `try_write` until done or the sink would block, removing
+    /// what was written; a partly written frame stays as its rest.
+    pub fn write_to<S: ?Sized + Sink>(&mut self, sink: &S) -> io::Result<()> {
+        while !self.is_empty() {
+            let written = match self.write_once(sink) {
+                Ok(written) => written,
+                Err(error) if error.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+                Err(error) => return Err(error),
+            };
+            self.advance(written);
+        }
+        Ok(())
+    }
+
+    /// One `writev` of the first frames. Few frames (the usual case: one
+    /// message to an idle subscriber) use a small array on the stack, many a
+    /// heap array, so that no call pays for more slices than it sends.
+    fn write_once<S: ?Sized + Sink>(&self, sink: &S) -> io::Result<usize> {
+        const ON_STACK: usize = 8;
+        let count = self.entries.len().min(MAX_SLICES);
+        if count <= ON_STACK {
+            let mut slices = [IoSlice::new(&[]); ON_STACK];
+            for (slice, frame) in slices.iter_mut().zip(self.frames()) {
+                *slice = IoSlice::new(frame);
+            }
+            sink.try_write(&slices[..count])
+        } else {
+            let slices: Vec<IoSlice<'_>> = self.frames().take(count).map(IoSlice::new).collect();
+            sink.try_write(&slices)
+        }
+    }
+
+    fn advance(&mut self, mut written: usize) {
+        debug_assert!(written <= self.bytes);
+        self.bytes -= written;
+        while written > 0 {
+            let Some(front) = self.entries.pop_front() else {
+                return;
+            };
+            let frame = match front {
+                Entry::Frame(frame) | Entry::Rest(frame) => frame,
+                Entry::Hold => continue,
+            };
+            if written < frame.len() {
+                self.entries.push_front(Entry::Rest(frame.slice(written..)));
+                return;
+            }
+            written -= frame.len();
+        }
     }
 }
 
@@ -344,13 +504,13 @@ impl Flush {
     /// does not pin memory on a connection that then goes quiet.
     const KEEP: usize = 4096;
 
-    fn add(&mut self, outbox: &Arc<Outbox>) {
-        self.outboxes.push(Arc::clone(outbox));
-    }
-
     /// A burst touching more outboxes than this is written out by two tasks,
     /// so that a large fan-out uses two cores.
     const SPLIT: usize = 256;
+
+    fn add(&mut self, outbox: &Arc<Outbox>) {
+        self.outboxes.push(Arc::clone(outbox));
+    }
 
     /// Writes out every outbox of the burst.
     pub fn run(&mut self) {
@@ -371,70 +531,5 @@ impl Drop for Flush {
     /// No frame is ever stranded by a producer that forgot to flush.
     fn drop(&mut self) {
         self.run();
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn frames(batch: &VecDeque<Bytes>) -> Vec<&[u8]> {
-        batch.iter().map(|b| &b[..]).collect()
-    }
-
-    fn outbox(max_pending: usize) -> Arc<Outbox> {
-        Arc::new(Outbox::detached(1, max_pending))
-    }
-
-    fn push(outbox: &Arc<Outbox>, frame: &'static str) -> bool {
-        outbox.push(Bytes::from(frame), &mut Flush::default())
-    }
-
-    #[tokio::test]
-    async fn hands_over_everything_queued_at_once() {
-        let outbox = outbox(100);
-        assert!(push(&outbox, "a") && push(&outbox, "b"));
-        let mut batch = VecDeque::new();
-        assert_eq!(outbox.next(&mut batch).await, Next::Write);
-        assert_eq!(frames(&batch), [b"a", b"b"]);
-    }
-
-    #[tokio::test]
-    async fn a_held_reply_goes_before_what_was_pushed_after_it() {
-        let outbox = outbox(100);
-        push(&outbox, "before");
-        outbox.hold();
-        push(&outbox, "message");
-        let mut batch = VecDeque::new();
-        assert_eq!(outbox.next(&mut batch).await, Next::Write);
-        assert_eq!(frames(&batch), [b"before"]);
-        batch.clear();
-        outbox.written();
-        outbox.release(Bytes::from("CONFIRMED"));
-        assert_eq!(outbox.next(&mut batch).await, Next::Write);
-        assert_eq!(frames(&batch), [b"CONFIRMED".as_slice(), b"message"]);
-    }
-
-    #[tokio::test]
-    async fn over_budget_is_a_slow_consumer() {
-        let outbox = outbox(10);
-        assert!(push(&outbox, "12345"));
-        assert!(push(&outbox, "12345"));
-        assert!(!push(&outbox, "1"));
-        assert!(!push(&outbox, "1"), "stays cut off");
-        assert_eq!(outbox.next(&mut VecDeque::new()).await, Next::SlowConsumer);
-    }
-
-    #[tokio::test]
-    async fn closing_flushes_then_stops() {
-        let outbox = outbox(100);
-        push(&outbox, "BYE");
-        outbox.close();
-        assert!(!push(&outbox, "late"));
-        let mut batch = VecDeque::new();
-        assert_eq!(outbox.next(&mut batch).await, Next::Write);
-        batch.clear();
-        outbox.written();
-        assert_eq!(outbox.next(&mut batch).await, Next::Closed);
     }
 }

@@ -4,17 +4,25 @@
 use bytes::Bytes;
 use std::sync::Arc;
 
-use super::{Broker, BrokerError, Registry, Topic};
+use super::{Broker, Registry, Topic};
 use crate::outbox::{ConnId, Flush, Outbox};
+use crate::protocol::reply::Error;
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Embedded {
     registry: Registry,
 }
 
+impl Embedded {
+    /// A broker holding at most `max_channels` channels and patterns.
+    pub fn new(max_channels: usize) -> Embedded {
+        Embedded { registry: Registry::new(max_channels) }
+    }
+}
+
 impl Broker for Embedded {
-    async fn subscribe(&self, topic: Topic, outbox: &Arc<Outbox>) -> Result<Topic, BrokerError> {
-        Ok(self.registry.add(topic, outbox).0)
+    async fn subscribe(&self, topic: Topic, outbox: &Arc<Outbox>) -> Result<Topic, Error> {
+        self.registry.add(topic, outbox).map(|(topic, _)| topic)
     }
 
     fn unsubscribe(&self, topic: &Topic, id: ConnId) {
@@ -26,7 +34,7 @@ impl Broker for Embedded {
         channel: Bytes,
         payload: Bytes,
         flush: &mut Flush,
-    ) -> Result<(), BrokerError> {
+    ) -> Result<(), Error> {
         self.registry.publish(&channel, &payload, flush);
         Ok(())
     }

@@ -13,7 +13,6 @@ pub mod redis;
 pub mod registry;
 
 use bytes::Bytes;
-use std::fmt;
 use std::future::Future;
 use std::sync::Arc;
 
@@ -21,6 +20,7 @@ pub use embedded::Embedded;
 pub use registry::Registry;
 
 use crate::outbox::{ConnId, Flush, Outbox};
+use crate::protocol::reply::Error;
 
 /// A channel name or a glob pattern.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -45,34 +45,18 @@ impl Topic {
     }
 }
 
-/// Why the broker could not do what was asked.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum BrokerError {
-    /// The backend (Redis) cannot be reached right now.
-    Unavailable,
-}
-
-impl fmt::Display for BrokerError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            BrokerError::Unavailable => f.write_str("backend unavailable"),
-        }
-    }
-}
-
-impl std::error::Error for BrokerError {}
-
 /// What a connection needs from a backend.
 pub trait Broker: Send + Sync + 'static {
     /// Adds `outbox` to the subscribers of `topic`. Resolves once every message
     /// published to `topic` from now on is sure to reach it (with Redis: once
     /// Redis acknowledged the subscription), with the topic as the broker
     /// stores it (its name shared, so subscribers need not keep a copy each).
+    /// Errors: `TooManyChannels` (`--max-channels`), `BackendUnavailable`.
     fn subscribe(
         &self,
         topic: Topic,
         outbox: &Arc<Outbox>,
-    ) -> impl Future<Output = Result<Topic, BrokerError>> + Send;
+    ) -> impl Future<Output = Result<Topic, Error>> + Send;
 
     /// Removes connection `id` from the subscribers of `topic`; nothing of
     /// `topic` is queued to it after this returns.
@@ -85,7 +69,7 @@ pub trait Broker: Send + Sync + 'static {
         channel: Bytes,
         payload: Bytes,
         flush: &mut Flush,
-    ) -> impl Future<Output = Result<(), BrokerError>> + Send;
+    ) -> impl Future<Output = Result<(), Error>> + Send;
 
     /// A one-line description for the startup log.
     fn describe(&self) -> String;

@@ -28,8 +28,9 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use super::{Broker, BrokerError, Kind, Registry, Topic};
+use super::{Broker, Kind, Registry, Topic};
 use crate::outbox::{ConnId, Flush, Outbox};
+use crate::protocol::reply::Error;
 
 /// How long Redis may take to answer anything before the connection is
 /// considered lost.
@@ -52,7 +53,7 @@ pub struct RedisBroker {
 
 enum Request {
     /// A local subscriber was added: answer once Redis delivers the topic here.
-    Attach(Topic, oneshot::Sender<Result<(), BrokerError>>),
+    Attach(Topic, oneshot::Sender<Result<(), Error>>),
     /// A local subscriber left.
     Detach(Topic),
 }
@@ -60,7 +61,11 @@ enum Request {
 impl RedisBroker {
     /// Starts the backend; it connects in the background and keeps trying, so
     /// a server started while Redis is down still starts.
-    pub fn start(url: &str, shutdown: CancellationToken) -> anyhow::Result<Arc<RedisBroker>> {
+    pub fn start(
+        url: &str,
+        max_channels: usize,
+        shutdown: CancellationToken,
+    ) -> anyhow::Result<Arc<RedisBroker>> {
         // rustls needs a process-wide crypto provider for rediss:// URLs; a
         // second install (another broker in the same process) is harmless.
         let _ = rustls::crypto::ring::default_provider().install_default();
@@ -68,7 +73,7 @@ impl RedisBroker {
             redis::Client::open(url).map_err(|error| anyhow::anyhow!("--redis {url}: {error}"))?;
         let info = client.get_connection_info();
         let target = format!("redis at {}", info.addr());
-        let registry = Arc::new(Registry::default());
+        let registry = Arc::new(Registry::new(max_channels));
         let publisher = Arc::new(RwLock::new(None));
         let (requests, inbox) = mpsc::unbounded_channel();
         let subscriber = Subscriber {
@@ -89,14 +94,14 @@ impl RedisBroker {
 }
 
 impl Broker for RedisBroker {
-    async fn subscribe(&self, topic: Topic, outbox: &Arc<Outbox>) -> Result<Topic, BrokerError> {
+    async fn subscribe(&self, topic: Topic, outbox: &Arc<Outbox>) -> Result<Topic, Error> {
         // Registered before Redis confirms, so nothing published after the
         // acknowledgement can slip past; the outbox holds it behind the reply.
-        let (topic, _) = self.registry.add(topic, outbox);
+        let (topic, _) = self.registry.add(topic, outbox)?;
         let (reply, answer) = oneshot::channel();
         let attached = match self.requests.send(Request::Attach(topic.clone(), reply)) {
-            Ok(()) => answer.await.unwrap_or(Err(BrokerError::Unavailable)),
-            Err(_) => Err(BrokerError::Unavailable),
+            Ok(()) => answer.await.unwrap_or(Err(Error::BackendUnavailable)),
+            Err(_) => Err(Error::BackendUnavailable),
         };
         match attached {
             Ok(()) => Ok(topic),
@@ -119,14 +124,14 @@ impl Broker for RedisBroker {
         channel: Bytes,
         payload: Bytes,
         _flush: &mut Flush,
-    ) -> Result<(), BrokerError> {
-        let mut connection = self.publisher().ok_or(BrokerError::Unavailable)?;
+    ) -> Result<(), Error> {
+        let mut connection = self.publisher().ok_or(Error::BackendUnavailable)?;
         let mut publish = redis::cmd("PUBLISH");
         publish.arg(&channel[..]).arg(&payload[..]);
         match tokio::time::timeout(REDIS_TIMEOUT, publish.query_async::<i64>(&mut connection)).await
         {
             Ok(Ok(_receivers)) => Ok(()),
-            _ => Err(BrokerError::Unavailable),
+            _ => Err(Error::BackendUnavailable),
         }
     }
 
@@ -146,8 +151,8 @@ struct Subscriber {
     shutdown: CancellationToken,
 }
 
-/// A live subscription connection.
-struct Session {
+/// A live subscription connection and its reader task.
+struct Link {
     sink: PubSubSink,
     reader: JoinHandle<()>,
 }
@@ -157,9 +162,9 @@ struct Lost;
 
 impl Subscriber {
     async fn run(mut self) {
-        while let Some(mut session) = self.connect().await {
-            let served = self.serve(&mut session).await;
-            session.reader.abort();
+        while let Some(mut link) = self.connect().await {
+            let served = self.serve(&mut link).await;
+            link.reader.abort();
             self.set_publisher(None);
             match served {
                 Ok(()) => return,
@@ -170,12 +175,12 @@ impl Subscriber {
 
     /// Connects (retrying with backoff, answering requests meanwhile) and
     /// resubscribes everything in use. `None` on shutdown.
-    async fn connect(&mut self) -> Option<Session> {
+    async fn connect(&mut self) -> Option<Link> {
         let mut delay = BACKOFF_FIRST;
         let mut attempt = 1u32;
         loop {
             match self.open().await {
-                Ok(session) => return Some(session),
+                Ok(link) => return Some(link),
                 Err(error) => tracing::warn!(
                     attempt,
                     "redis: cannot connect ({error}); retrying in {} ms",
@@ -204,7 +209,7 @@ impl Subscriber {
     fn refuse(&mut self, request: Request) {
         match request {
             Request::Attach(_, reply) => {
-                let _ = reply.send(Err(BrokerError::Unavailable));
+                let _ = reply.send(Err(Error::BackendUnavailable));
             }
             Request::Detach(topic) => {
                 self.release(&topic);
@@ -226,7 +231,7 @@ impl Subscriber {
         }
     }
 
-    async fn open(&mut self) -> redis::RedisResult<Session> {
+    async fn open(&mut self) -> redis::RedisResult<Link> {
         let connect = async {
             let pubsub = self.client.get_async_pubsub().await?;
             let publisher = self.client.get_multiplexed_async_connection().await?;
@@ -236,11 +241,11 @@ impl Subscriber {
             tokio::time::timeout(REDIS_TIMEOUT, connect).await.map_err(|_| timed_out())??;
         let (mut sink, stream) = pubsub.split();
         let topics: Vec<Topic> = self.wanted.keys().cloned().collect();
-        send(&mut sink, Command::Subscribe, &topics).await?;
+        send(&mut sink, Change::Subscribe, &topics).await?;
         let reader = tokio::spawn(read_messages(stream, Arc::clone(&self.registry)));
         self.set_publisher(Some(publisher));
         tracing::info!("redis: connected; {} channels and patterns subscribed", topics.len());
-        Ok(Session { sink, reader })
+        Ok(Link { sink, reader })
     }
 
     fn set_publisher(&self, publisher: Option<MultiplexedConnection>) {
@@ -248,7 +253,7 @@ impl Subscriber {
     }
 
     /// Serves requests until the connection is lost (`Err`) or shutdown (`Ok`).
-    async fn serve(&mut self, session: &mut Session) -> Result<(), Lost> {
+    async fn serve(&mut self, link: &mut Link) -> Result<(), Lost> {
         let start = tokio::time::Instant::now() + HEALTH_CHECK_EVERY;
         let mut health = tokio::time::interval_at(start, HEALTH_CHECK_EVERY);
         health.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -259,20 +264,20 @@ impl Subscriber {
                     None => return Ok(()),
                 },
                 _ = health.tick() => {
-                    let ping = session.sink.ping::<redis::Value>();
+                    let ping = link.sink.ping::<redis::Value>();
                     match tokio::time::timeout(REDIS_TIMEOUT, ping).await {
                         Ok(Ok(_)) => continue,
                         _ => return Err(Lost),
                     }
                 }
-                _ = &mut session.reader => return Err(Lost),
+                _ = &mut link.reader => return Err(Lost),
                 _ = self.shutdown.cancelled() => return Ok(()),
             };
             let mut batch = vec![first];
             while let Ok(request) = self.requests.try_recv() {
                 batch.push(request);
             }
-            self.apply(batch, &mut session.sink).await?;
+            self.apply(batch, &mut link.sink).await?;
         }
     }
 
@@ -306,12 +311,12 @@ impl Subscriber {
             }
         }
         // Unsubscribing first keeps "last one left, then a new one came" right.
-        let left = send(sink, Command::Unsubscribe, &leaving).await;
+        let left = send(sink, Change::Unsubscribe, &leaving).await;
         let joined = match left {
-            Ok(()) => send(sink, Command::Subscribe, &joining).await,
+            Ok(()) => send(sink, Change::Subscribe, &joining).await,
             Err(error) => Err(error),
         };
-        let outcome = joined.as_ref().map(|_| ()).map_err(|_| BrokerError::Unavailable);
+        let outcome = joined.as_ref().map(|_| ()).map_err(|_| Error::BackendUnavailable);
         for (topic, reply) in waiting {
             if outcome.is_err() {
                 self.release(&topic);
@@ -326,14 +331,14 @@ impl Subscriber {
 }
 
 #[derive(Clone, Copy)]
-enum Command {
+enum Change {
     Subscribe,
     Unsubscribe,
 }
 
 /// Sends (P)SUBSCRIBE or (P)UNSUBSCRIBE for `topics` and waits for every
 /// acknowledgement, bounded by `REDIS_TIMEOUT`.
-async fn send(sink: &mut PubSubSink, command: Command, topics: &[Topic]) -> redis::RedisResult<()> {
+async fn send(sink: &mut PubSubSink, change: Change, topics: &[Topic]) -> redis::RedisResult<()> {
     for kind in [Kind::Channel, Kind::Pattern] {
         let names: Vec<&[u8]> =
             topics.iter().filter(|t| t.kind == kind).map(|t| &t.name[..]).collect();
@@ -341,11 +346,11 @@ async fn send(sink: &mut PubSubSink, command: Command, topics: &[Topic]) -> redi
             continue;
         }
         let acknowledged = async {
-            match (command, kind) {
-                (Command::Subscribe, Kind::Channel) => sink.subscribe(&names).await,
-                (Command::Subscribe, Kind::Pattern) => sink.psubscribe(&names).await,
-                (Command::Unsubscribe, Kind::Channel) => sink.unsubscribe(&names).await,
-                (Command::Unsubscribe, Kind::Pattern) => sink.punsubscribe(&names).await,
+            match (change, kind) {
+                (Change::Subscribe, Kind::Channel) => sink.subscribe(&names).await,
+                (Change::Subscribe, Kind::Pattern) => sink.psubscribe(&names).await,
+                (Change::Unsubscribe, Kind::Channel) => sink.unsubscribe(&names).await,
+                (Change::Unsubscribe, Kind::Pattern) => sink.punsubscribe(&names).await,
             }
         };
         tokio::time::timeout(REDIS_TIMEOUT, acknowledged).await.map_err(|_| timed_out())??;

@@ -1,36 +1,298 @@
 //! The local fan-out table: which connections of this node want which channel
 //! or pattern. Both backends deliver through it.
 //!
-//! Read-mostly: delivering takes a read lock, so publishers never contend with
-//! each other; subscribing takes the write lock for one map update. No lock is
-//! held across an await, and delivering never waits for a subscriber: it only
-//! pushes onto each outbox (see `outbox`).
+//! No lock is held while fanning out. The maps from names to topics are
+//! behind `RwLock`s taken only for a lookup or one update; each topic keeps its
+//! subscribers behind its own mutex, with a snapshot (`Arc<[_]>`) that a
+//! publisher clones and then walks lock-free. A change to the subscribers
+//! drops the snapshot, and the next publish rebuilds it: subscribing costs
+//! O(1), and a publish pays at most one extra pass over the subscribers it is
+//! about to walk anyway. So a `SUBSCRIBE` or a disconnect never waits for a
+//! fan-out, and publishers never queue behind one.
+//!
+//! A snapshot may name a subscription that has just ended: each
+//! [`Subscription`] carries an `active` flag, cleared before the
+//! `UNSUBSCRIBE` is answered and checked under the outbox lock that orders
+//! the replies (see `Outbox::deliver`), so nothing follows that `CONFIRMED`.
+//!
+//! Patterns are indexed by their literal prefix (the bytes before the first
+//! `*`, `?`, `[` or `\`): a publish looks up the prefixes of its channel name
+//! among the prefix lengths in use and runs the glob matcher only on those
+//! candidates, not on every pattern of the server.
 //!
 //! A message is encoded at most once per push form (v1, v2, and v2 per
 //! matching pattern) and the same `Bytes` goes to every subscriber.
 
 use bytes::Bytes;
 use indexmap::IndexMap;
-use std::collections::HashMap;
-use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use super::glob::Glob;
 use super::{Kind, Topic};
 use crate::outbox::{ConnId, Flush, Outbox};
+use crate::protocol::reply::Error;
 use crate::protocol::{Version, codec};
 
-type Subscribers = IndexMap<ConnId, Arc<Outbox>>;
-
-#[derive(Debug, Default)]
-pub struct Registry {
-    channels: RwLock<HashMap<Bytes, Subscribers>>,
-    patterns: RwLock<HashMap<Bytes, PatternEntry>>,
+/// One connection's interest in one topic.
+#[derive(Debug)]
+pub struct Subscription {
+    outbox: Arc<Outbox>,
+    /// Cleared when the subscription ends; see the module documentation.
+    active: AtomicBool,
 }
 
+/// A channel or a pattern with its subscribers.
 #[derive(Debug)]
-struct PatternEntry {
-    glob: Glob,
-    subscribers: Subscribers,
+struct Entry {
+    /// The pattern compiled; `None` for a channel.
+    glob: Option<Glob>,
+    subscribers: Mutex<Subscribers>,
+}
+
+#[derive(Debug, Default)]
+struct Subscribers {
+    by_conn: IndexMap<ConnId, Arc<Subscription>>,
+    /// What publishers walk; `None` after a change, rebuilt by the next publish.
+    snapshot: Option<Arc<[Arc<Subscription>]>>,
+}
+
+/// The patterns in use, indexed by literal prefix.
+#[derive(Debug, Default)]
+struct Patterns {
+    by_name: HashMap<Bytes, Arc<Entry>>,
+    by_prefix: HashMap<Bytes, Vec<(Bytes, Arc<Entry>)>>,
+    /// Prefix length -> how many patterns have a prefix that long.
+    lengths: BTreeMap<usize, usize>,
+}
+
+/// See the module documentation.
+#[derive(Debug)]
+pub struct Registry {
+    channels: RwLock<HashMap<Bytes, Arc<Entry>>>,
+    patterns: RwLock<Patterns>,
+    /// Channels plus patterns in use, bounded by `max_topics` (`--max-channels`).
+    topics: AtomicUsize,
+    max_topics: usize,
+}
+
+impl Registry {
+    pub fn new(max_topics: usize) -> Registry {
+        Registry {
+            channels: RwLock::default(),
+            patterns: RwLock::default(),
+            topics: AtomicUsize::new(0),
+            max_topics,
+        }
+    }
+
+    /// Adds a subscriber. Returns the topic with its name shared with the
+    /// table's key (one allocation per name, however many subscribe to it)
+    /// and how many local subscribers the topic has now; `TooManyChannels`
+    /// when the topic is new and the server holds `--max-channels` already.
+    pub fn add(&self, topic: Topic, outbox: &Arc<Outbox>) -> Result<(Topic, usize), Error> {
+        let subscription =
+            Arc::new(Subscription { outbox: Arc::clone(outbox), active: AtomicBool::new(true) });
+        // Inserted under the map's write lock, so that `remove` cannot drop
+        // the entry from the map between the lookup and the insert.
+        let id = outbox.id();
+        let (name, count) = match topic.kind {
+            Kind::Channel => {
+                let mut channels = write(&self.channels);
+                let (name, entry) = match channels.get_key_value(&topic.name) {
+                    Some((name, entry)) => (name.clone(), Arc::clone(entry)),
+                    None => {
+                        self.count_new_topic()?;
+                        let entry = Arc::new(Entry::new(None));
+                        channels.insert(topic.name.clone(), Arc::clone(&entry));
+                        (topic.name, entry)
+                    }
+                };
+                (name, entry.insert(id, subscription))
+            }
+            Kind::Pattern => {
+                let mut patterns = write(&self.patterns);
+                let (name, entry) = match patterns.by_name.get_key_value(&topic.name) {
+                    Some((name, entry)) => (name.clone(), Arc::clone(entry)),
+                    None => {
+                        self.count_new_topic()?;
+                        (topic.name.clone(), patterns.insert(topic.name))
+                    }
+                };
+                (name, entry.insert(id, subscription))
+            }
+        };
+        Ok((Topic { kind: topic.kind, name }, count))
+    }
+
+    /// Removes a subscriber; returns how many local subscribers the topic has left.
+    pub fn remove(&self, topic: &Topic, id: ConnId) -> usize {
+        match topic.kind {
+            Kind::Channel => {
+                let mut channels = write(&self.channels);
+                let Some(entry) = channels.get(&topic.name) else {
+                    return 0;
+                };
+                let left = entry.remove(id);
+                if left == 0 {
+                    channels.remove(&topic.name);
+                    self.topics.fetch_sub(1, Ordering::Relaxed);
+                }
+                left
+            }
+            Kind::Pattern => {
+                let mut patterns = write(&self.patterns);
+                let Some(entry) = patterns.by_name.get(&topic.name) else {
+                    return 0;
+                };
+                let left = entry.remove(id);
+                if left == 0 {
+                    patterns.remove(&topic.name);
+                    self.topics.fetch_sub(1, Ordering::Relaxed);
+                }
+                left
+            }
+        }
+    }
+
+    /// Delivers to the subscribers of `channel` by name only (a Redis `message`).
+    /// Like every delivery, it queues: the caller runs `flush` when its burst ends.
+    pub fn deliver_channel(&self, channel: &[u8], payload: &[u8], flush: &mut Flush) -> usize {
+        let Some(entry) = read(&self.channels).get(channel).cloned() else {
+            return 0;
+        };
+        Frames::new(channel, payload).deliver(None, &entry.snapshot(), flush)
+    }
+
+    /// Delivers to the subscribers of `pattern` only (a Redis `pmessage`).
+    pub fn deliver_pattern(
+        &self,
+        pattern: &[u8],
+        channel: &[u8],
+        payload: &[u8],
+        flush: &mut Flush,
+    ) -> usize {
+        let Some(entry) = read(&self.patterns).by_name.get(pattern).cloned() else {
+            return 0;
+        };
+        Frames::new(channel, payload).deliver(Some(pattern), &entry.snapshot(), flush)
+    }
+
+    /// Delivers to the subscribers of `channel` and of every matching pattern
+    /// (the embedded broker's publish). Returns the number of deliveries.
+    pub fn publish(&self, channel: &[u8], payload: &[u8], flush: &mut Flush) -> usize {
+        // One set of frames for the whole publish: the v1 frame does not
+        // depend on who matched, so it is encoded once for names and patterns.
+        let mut frames = Frames::new(channel, payload);
+        let named = read(&self.channels).get(channel).cloned();
+        let mut delivered = named.map_or(0, |entry| frames.deliver(None, &entry.snapshot(), flush));
+        for (pattern, entry) in read(&self.patterns).matching(channel) {
+            frames.v2 = None;
+            delivered += frames.deliver(Some(&pattern), &entry.snapshot(), flush);
+        }
+        delivered
+    }
+
+    fn count_new_topic(&self) -> Result<(), Error> {
+        let max = self.max_topics;
+        self.topics
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| (n < max).then_some(n + 1))
+            .map(|_| ())
+            .map_err(|_| Error::TooManyChannels)
+    }
+}
+
+impl Entry {
+    fn new(glob: Option<Glob>) -> Entry {
+        Entry { glob, subscribers: Mutex::default() }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Subscribers> {
+        // Updates are single map operations: a panic elsewhere cannot leave
+        // the set half-changed, so a poisoned lock is still consistent.
+        self.subscribers.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// The subscribers to walk, without holding any lock while walking.
+    fn snapshot(&self) -> Arc<[Arc<Subscription>]> {
+        let mut subscribers = self.lock();
+        if let Some(snapshot) = &subscribers.snapshot {
+            return Arc::clone(snapshot);
+        }
+        let snapshot: Arc<[Arc<Subscription>]> = subscribers.by_conn.values().cloned().collect();
+        subscribers.snapshot = Some(Arc::clone(&snapshot));
+        snapshot
+    }
+
+    /// Adds connection `id`'s subscription; returns how many there are.
+    fn insert(&self, id: ConnId, subscription: Arc<Subscription>) -> usize {
+        let mut subscribers = self.lock();
+        let replaced = subscribers.by_conn.insert(id, subscription);
+        debug_assert!(replaced.is_none(), "a session subscribes to a topic once");
+        subscribers.snapshot = None;
+        subscribers.by_conn.len()
+    }
+
+    /// Ends connection `id`'s subscription; returns how many are left.
+    fn remove(&self, id: ConnId) -> usize {
+        let mut subscribers = self.lock();
+        if let Some(subscription) = subscribers.by_conn.swap_remove(&id) {
+            subscription.active.store(false, Ordering::Relaxed);
+            subscribers.snapshot = None;
+        }
+        subscribers.by_conn.len()
+    }
+}
+
+impl Patterns {
+    fn insert(&mut self, name: Bytes) -> Arc<Entry> {
+        let entry = Arc::new(Entry::new(Some(Glob::new(&name))));
+        let prefix = name.slice(..literal_prefix(&name));
+        *self.lengths.entry(prefix.len()).or_default() += 1;
+        self.by_prefix.entry(prefix).or_default().push((name.clone(), Arc::clone(&entry)));
+        self.by_name.insert(name, Arc::clone(&entry));
+        entry
+    }
+
+    fn remove(&mut self, name: &Bytes) {
+        self.by_name.remove(name);
+        let prefix = &name[..literal_prefix(name)];
+        if let Some(list) = self.by_prefix.get_mut(prefix) {
+            list.retain(|(pattern, _)| pattern != name);
+            if list.is_empty() {
+                self.by_prefix.remove(prefix);
+            }
+        }
+        if let Some(count) = self.lengths.get_mut(&prefix.len()) {
+            *count -= 1;
+            if *count == 0 {
+                self.lengths.remove(&prefix.len());
+            }
+        }
+    }
+
+    /// The patterns that match `channel`, found through the prefix index.
+    fn matching(&self, channel: &[u8]) -> Vec<(Bytes, Arc<Entry>)> {
+        let mut found = Vec::new();
+        for &len in self.lengths.keys().take_while(|&&len| len <= channel.len()) {
+            let Some(candidates) = self.by_prefix.get(&channel[..len]) else {
+                continue;
+            };
+            for (pattern, entry) in candidates {
+                if entry.glob.as_ref().is_some_and(|glob| glob.matches(channel)) {
+                    found.push((pattern.clone(), Arc::clone(entry)));
+                }
+            }
+        }
+        found
+    }
+}
+
+/// The bytes of a pattern before its first special character: every channel
+/// it matches starts with them.
+fn literal_prefix(pattern: &[u8]) -> usize {
+    pattern.iter().position(|b| matches!(b, b'*' | b'?' | b'[' | b'\\')).unwrap_or(pattern.len())
 }
 
 /// Lazily encoded frames of one message, shared by all its subscribers.
@@ -50,19 +312,23 @@ impl<'a> Frames<'a> {
     fn deliver(
         &mut self,
         pattern: Option<&[u8]>,
-        subscribers: &Subscribers,
+        subscribers: &[Arc<Subscription>],
         flush: &mut Flush,
     ) -> usize {
         let mut delivered = 0;
-        for outbox in subscribers.values() {
-            let frame = match outbox.version() {
-                Version::V1 => self.v1.get_or_insert_with(|| codec::push_v1(self.payload)),
-                Version::V2 => self.v2.get_or_insert_with(|| match pattern {
-                    Some(pattern) => codec::push_pmessage(pattern, self.channel, self.payload),
-                    None => codec::push_message(self.channel, self.payload),
-                }),
+        for subscription in subscribers {
+            let frame = |version: Version| match version {
+                Version::V1 => self.v1.get_or_insert_with(|| codec::push_v1(self.payload)).clone(),
+                Version::V2 => self
+                    .v2
+                    .get_or_insert_with(|| match pattern {
+                        Some(pattern) => codec::push_pmessage(pattern, self.channel, self.payload),
+                        None => codec::push_message(self.channel, self.payload),
+                    })
+                    .clone(),
             };
-            delivered += usize::from(outbox.push(frame.clone(), flush));
+            let outbox = &subscription.outbox;
+            delivered += usize::from(outbox.deliver(&subscription.active, frame, flush));
         }
         delivered
     }
@@ -76,181 +342,4 @@ fn read<T>(lock: &RwLock<T>) -> RwLockReadGuard<'_, T> {
 
 fn write<T>(lock: &RwLock<T>) -> RwLockWriteGuard<'_, T> {
     lock.write().unwrap_or_else(|poisoned| poisoned.into_inner())
-}
-
-impl Registry {
-    /// Adds a subscriber. Returns the topic with its name shared with the
-    /// table's key (one allocation per name, however many subscribe to it)
-    /// and how many local subscribers the topic has now.
-    pub fn add(&self, topic: Topic, outbox: &Arc<Outbox>) -> (Topic, usize) {
-        fn insert<V>(
-            map: &mut HashMap<Bytes, V>,
-            name: Bytes,
-            new: impl FnOnce(&Bytes) -> V,
-        ) -> (Bytes, &mut V) {
-            let key = match map.get_key_value(&name) {
-                Some((key, _)) => key.clone(),
-                None => name,
-            };
-            let value = map.entry(key.clone()).or_insert_with(|| new(&key));
-            (key, value)
-        }
-        let (id, outbox) = (outbox.id(), Arc::clone(outbox));
-        let (name, count) = match topic.kind {
-            Kind::Channel => {
-                let mut channels = write(&self.channels);
-                let (name, subscribers) =
-                    insert(&mut channels, topic.name, |_| Subscribers::default());
-                subscribers.insert(id, outbox);
-                (name, subscribers.len())
-            }
-            Kind::Pattern => {
-                let mut patterns = write(&self.patterns);
-                let (name, pattern) = insert(&mut patterns, topic.name, |name| PatternEntry {
-                    glob: Glob::new(name),
-                    subscribers: Subscribers::default(),
-                });
-                pattern.subscribers.insert(id, outbox);
-                (name, pattern.subscribers.len())
-            }
-        };
-        (Topic { kind: topic.kind, name }, count)
-    }
-
-    /// Removes a subscriber; returns how many local subscribers the topic has left.
-    pub fn remove(&self, topic: &Topic, id: ConnId) -> usize {
-        fn remove_from<V>(
-            map: &mut HashMap<Bytes, V>,
-            name: &Bytes,
-            subscribers: impl Fn(&mut V) -> &mut Subscribers,
-            id: ConnId,
-        ) -> usize {
-            let Some(value) = map.get_mut(name) else {
-                return 0;
-            };
-            let set = subscribers(value);
-            set.swap_remove(&id);
-            let left = set.len();
-            if left == 0 {
-                map.remove(name);
-            }
-            left
-        }
-        match topic.kind {
-            Kind::Channel => remove_from(&mut write(&self.channels), &topic.name, |s| s, id),
-            Kind::Pattern => {
-                remove_from(&mut write(&self.patterns), &topic.name, |p| &mut p.subscribers, id)
-            }
-        }
-    }
-
-    /// Delivers to the subscribers of `channel` by name only (a Redis `message`).
-    /// Like every delivery, it queues: the caller runs `flush` when its burst ends.
-    pub fn deliver_channel(&self, channel: &[u8], payload: &[u8], flush: &mut Flush) -> usize {
-        let channels = read(&self.channels);
-        match channels.get(channel) {
-            Some(subscribers) => Frames::new(channel, payload).deliver(None, subscribers, flush),
-            None => 0,
-        }
-    }
-
-    /// Delivers to the subscribers of `pattern` only (a Redis `pmessage`).
-    pub fn deliver_pattern(
-        &self,
-        pattern: &[u8],
-        channel: &[u8],
-        payload: &[u8],
-        flush: &mut Flush,
-    ) -> usize {
-        let patterns = read(&self.patterns);
-        match patterns.get(pattern) {
-            Some(entry) => {
-                Frames::new(channel, payload).deliver(Some(pattern), &entry.subscribers, flush)
-            }
-            None => 0,
-        }
-    }
-
-    /// Delivers to the subscribers of `channel` and of every matching pattern
-    /// (the embedded broker's publish). Returns the number of deliveries.
-    pub fn publish(&self, channel: &[u8], payload: &[u8], flush: &mut Flush) -> usize {
-        // One set of frames for the whole publish: the v1 frame does not
-        // depend on who matched, so it is encoded once for names and patterns.
-        let mut frames = Frames::new(channel, payload);
-        let mut delivered = match read(&self.channels).get(channel) {
-            Some(subscribers) => frames.deliver(None, subscribers, flush),
-            None => 0,
-        };
-        for (pattern, entry) in read(&self.patterns).iter() {
-            if entry.glob.matches(channel) {
-                frames.v2 = None;
-                delivered += frames.deliver(Some(pattern), &entry.subscribers, flush);
-            }
-        }
-        delivered
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use std::collections::VecDeque;
-
-    fn publish(registry: &Registry, channel: &[u8], payload: &[u8]) -> usize {
-        registry.publish(channel, payload, &mut Flush::default())
-    }
-
-    async fn drain(outbox: &Outbox) -> Vec<Bytes> {
-        let mut batch = VecDeque::new();
-        outbox.next(&mut batch).await;
-        batch.into_iter().collect()
-    }
-
-    #[tokio::test]
-    async fn one_encoding_shared_by_all_subscribers() {
-        let registry = Registry::default();
-        let (a, b) = (Arc::new(Outbox::detached(1, 1024)), Arc::new(Outbox::detached(2, 1024)));
-        let topic = Topic::channel(Bytes::from("news"));
-        let (first, count) = registry.add(topic.clone(), &a);
-        assert_eq!(count, 1);
-        let (second, count) = registry.add(topic, &b);
-        assert_eq!(count, 2);
-        assert_eq!(first.name.as_ptr(), second.name.as_ptr(), "one copy of the name");
-        assert_eq!(publish(&registry, b"news", b"hi"), 2);
-        let (fa, fb) = (drain(&a).await, drain(&b).await);
-        assert_eq!(fa, [Bytes::from("hi\r\n")]);
-        assert_eq!(fa[0].as_ptr(), fb[0].as_ptr(), "the same buffer, not a copy");
-    }
-
-    #[tokio::test]
-    async fn v1_is_encoded_once_for_names_and_patterns() {
-        let registry = Registry::default();
-        let a = Arc::new(Outbox::detached(1, 1024));
-        registry.add(Topic::channel(Bytes::from("news.x")), &a);
-        registry.add(Topic::pattern(Bytes::from("news.*")), &a);
-        assert_eq!(publish(&registry, b"news.x", b"p"), 2);
-        let frames = drain(&a).await;
-        assert_eq!(frames, [Bytes::from("p\r\n"), Bytes::from("p\r\n")]);
-        assert_eq!(frames[0].as_ptr(), frames[1].as_ptr(), "the same buffer, not a copy");
-    }
-
-    #[tokio::test]
-    async fn patterns_and_names_each_deliver_once() {
-        let registry = Registry::default();
-        let a = Arc::new(Outbox::detached(1, 1024));
-        a.set_version(Version::V2);
-        registry.add(Topic::channel(Bytes::from("news.x")), &a);
-        registry.add(Topic::pattern(Bytes::from("news.*")), &a);
-        registry.add(Topic::pattern(Bytes::from("other.*")), &a);
-        assert_eq!(publish(&registry, b"news.x", b"p"), 2);
-        assert_eq!(
-            drain(&a).await,
-            [
-                Bytes::from("MESSAGE news.x 1\r\np\r\n"),
-                Bytes::from("PMESSAGE news.* news.x 1\r\np\r\n")
-            ]
-        );
-        assert_eq!(registry.remove(&Topic::pattern(Bytes::from("news.*")), 1), 0);
-        assert_eq!(publish(&registry, b"news.x", b"p"), 1);
-    }
 }

@@ -1,9 +1,8 @@
 //! Parsing one command line into a [`Command`]. No I/O: unit-tested on bytes.
 
-use bytes::Bytes;
-use std::fmt;
-
 use super::Version;
+use super::reply::Error;
+use bytes::Bytes;
 
 /// Longest channel name or pattern, in bytes.
 pub const MAX_NAME: usize = 256;
@@ -38,27 +37,10 @@ pub enum Hello {
     Unsupported,
 }
 
-/// A known command used wrongly; answered with `ERR <reason>`, the connection stays.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ParseError {
-    /// Too few or too many arguments for the named command.
-    Arity(&'static str),
-    /// A channel name or pattern that breaks the naming rules.
-    InvalidChannel,
-}
-
-impl fmt::Display for ParseError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            ParseError::Arity(command) => write!(f, "wrong number of arguments for '{command}'"),
-            ParseError::InvalidChannel => f.write_str("invalid channel"),
-        }
-    }
-}
-
 impl Command {
-    /// Parses one line (without its line terminator).
-    pub fn parse(line: Bytes) -> Result<Command, ParseError> {
+    /// Parses one line (without its line terminator). A known command used
+    /// wrongly is an `Error`: answered with `ERR <reason>`, the connection stays.
+    pub fn parse(line: Bytes) -> Result<Command, Error> {
         let mut words = Words { line: &line, at: 0 };
         let Some(name) = words.next() else {
             return Ok(Command::Unknown);
@@ -67,7 +49,7 @@ impl Command {
         let slice = |word: &[u8]| line.slice_ref(word);
         // Names are copied out: they outlive the line (in the subscription
         // tables), and a slice would pin the connection's whole read buffer.
-        let names = |words: Words<'_>| -> Result<Vec<Bytes>, ParseError> {
+        let names = |words: Words<'_>| -> Result<Vec<Bytes>, Error> {
             words.map(|word| valid_name(word).map(Bytes::copy_from_slice)).collect()
         };
 
@@ -78,21 +60,21 @@ impl Command {
         } else if is("psubscribe") || is("punsubscribe") {
             let patterns = names(words)?;
             match (patterns.is_empty(), is("psubscribe")) {
-                (true, true) => Err(ParseError::Arity("psubscribe")),
-                (true, false) => Err(ParseError::Arity("punsubscribe")),
+                (true, true) => Err(Error::Arity("psubscribe")),
+                (true, false) => Err(Error::Arity("punsubscribe")),
                 (false, true) => Ok(Command::PSubscribe(patterns)),
                 (false, false) => Ok(Command::PUnsubscribe(patterns)),
             }
         } else if is("publish") {
-            let channel = words.next().ok_or(ParseError::Arity("publish"))?;
+            let channel = words.next().ok_or(Error::Arity("publish"))?;
             let channel = Bytes::copy_from_slice(valid_name(channel)?);
             Ok(Command::Publish { channel, payload: slice(words.rest()) })
         } else if is("ping") {
             Ok(Command::Ping(slice(words.rest_after_space())))
         } else if is("hello") {
-            let version = words.next().ok_or(ParseError::Arity("hello"))?;
+            let version = words.next().ok_or(Error::Arity("hello"))?;
             if words.next().is_some() {
-                return Err(ParseError::Arity("hello"));
+                return Err(Error::Arity("hello"));
             }
             Ok(Command::Hello(match version {
                 b"1" => Hello::Supported(Version::V1),
@@ -102,7 +84,7 @@ impl Command {
         } else if is("quit") {
             match words.next() {
                 None => Ok(Command::Quit),
-                Some(_) => Err(ParseError::Arity("quit")),
+                Some(_) => Err(Error::Arity("quit")),
             }
         } else {
             Ok(Command::Unknown)
@@ -112,10 +94,10 @@ impl Command {
 
 /// Checks the naming rules: 1 to 256 bytes, no white space, no control bytes.
 /// Bytes above 0x7f are allowed: names are bytes, not text.
-pub(crate) fn valid_name(name: &[u8]) -> Result<&[u8], ParseError> {
+pub(crate) fn valid_name(name: &[u8]) -> Result<&[u8], Error> {
     let bad = |b: &u8| b.is_ascii_control() || b.is_ascii_whitespace();
     if name.is_empty() || name.len() > MAX_NAME || name.iter().any(bad) {
-        return Err(ParseError::InvalidChannel);
+        return Err(Error::InvalidChannel);
     }
     Ok(name)
 }
@@ -167,7 +149,7 @@ impl<'a> Iterator for Words<'a> {
 mod tests {
     use super::*;
 
-    fn parse(line: &[u8]) -> Result<Command, ParseError> {
+    fn parse(line: &[u8]) -> Result<Command, Error> {
         Command::parse(Bytes::copy_from_slice(line))
     }
 
@@ -206,7 +188,7 @@ mod tests {
         assert_eq!(parse(b"PUBLISH ch"), publish("ch", b""));
         assert_eq!(parse(b"PUBLISH ch "), publish("ch", b""));
         assert_eq!(parse(b"publish  ch\t\xff\x00"), publish("ch", b"\xff\x00"));
-        assert_eq!(parse(b"PUBLISH"), Err(ParseError::Arity("publish")));
+        assert_eq!(parse(b"PUBLISH"), Err(Error::Arity("publish")));
     }
 
     #[test]
@@ -216,21 +198,21 @@ mod tests {
         assert_eq!(parse(b"HELLO 2"), Ok(Command::Hello(Hello::Supported(Version::V2))));
         assert_eq!(parse(b"hello 1"), Ok(Command::Hello(Hello::Supported(Version::V1))));
         assert_eq!(parse(b"HELLO 3"), Ok(Command::Hello(Hello::Unsupported)));
-        assert_eq!(parse(b"HELLO"), Err(ParseError::Arity("hello")));
-        assert_eq!(parse(b"HELLO 2 x"), Err(ParseError::Arity("hello")));
+        assert_eq!(parse(b"HELLO"), Err(Error::Arity("hello")));
+        assert_eq!(parse(b"HELLO 2 x"), Err(Error::Arity("hello")));
         assert_eq!(parse(b"QUIT"), Ok(Command::Quit));
-        assert_eq!(parse(b"QUIT now"), Err(ParseError::Arity("quit")));
+        assert_eq!(parse(b"QUIT now"), Err(Error::Arity("quit")));
     }
 
     #[test]
     fn names_are_checked() {
-        assert_eq!(parse(b"PSUBSCRIBE"), Err(ParseError::Arity("psubscribe")));
-        assert_eq!(parse(b"PUNSUBSCRIBE"), Err(ParseError::Arity("punsubscribe")));
+        assert_eq!(parse(b"PSUBSCRIBE"), Err(Error::Arity("psubscribe")));
+        assert_eq!(parse(b"PUNSUBSCRIBE"), Err(Error::Arity("punsubscribe")));
         let long = [b"SUBSCRIBE ".as_slice(), &[b'x'; 257]].concat();
-        assert_eq!(parse(&long), Err(ParseError::InvalidChannel));
+        assert_eq!(parse(&long), Err(Error::InvalidChannel));
         assert!(parse(&long[..long.len() - 1]).is_ok(), "256 bytes is allowed");
-        assert_eq!(parse(b"SUBSCRIBE ok bad\x01"), Err(ParseError::InvalidChannel));
-        assert_eq!(parse(b"PUBLISH a\x7f x"), Err(ParseError::InvalidChannel));
+        assert_eq!(parse(b"SUBSCRIBE ok bad\x01"), Err(Error::InvalidChannel));
+        assert_eq!(parse(b"PUBLISH a\x7f x"), Err(Error::InvalidChannel));
         assert_eq!(
             parse(b"SUBSCRIBE caf\xc3\xa9 \xff"),
             Ok(Command::Subscribe(vec![Bytes::from("café"), Bytes::from_static(b"\xff")]))

@@ -1,8 +1,10 @@
-//! The wire protocol: framing of command lines and pushes (`codec`) and the
-//! parsing of a line into a [`Command`] (`command`). Neither does any I/O.
+//! The wire protocol: framing of command lines and pushes (`codec`), the
+//! parsing of a line into a [`Command`] (`command`), and every reply and error
+//! (`reply`). None does any I/O.
 
 pub mod codec;
 pub mod command;
+pub mod reply;
 
 pub use command::{Command, Hello};
 

@@ -8,9 +8,17 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
-use super::{GRACE, connection};
+use super::GRACE;
+use super::closed::Closed;
 use crate::broker::Broker;
 use crate::config::Config;
+use crate::protocol::reply::{Error, Reply};
+use crate::transport::tcp;
+
+/// Probes on an idle connection: a peer that vanished (power loss, a NAT
+/// that forgot the flow) is found within about two minutes.
+const KEEPALIVE_IDLE: std::time::Duration = std::time::Duration::from_secs(60);
+const KEEPALIVE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Serves clients on `listener` until `shutdown` is cancelled.
 pub async fn serve<B: Broker>(
@@ -26,8 +34,8 @@ pub async fn serve<B: Broker>(
             accepted = listener.accept() => accepted,
             _ = shutdown.cancelled() => break,
         };
-        let stream = match accepted {
-            Ok((stream, _peer)) => stream,
+        let (stream, peer) = match accepted {
+            Ok(accepted) => accepted,
             Err(error) => {
                 // Out of file descriptors, most often: give connections time
                 // to close instead of spinning on accept.
@@ -38,18 +46,26 @@ pub async fn serve<B: Broker>(
         };
         // Pushes are coalesced by the writer; Nagle would only add latency.
         let _ = stream.set_nodelay(true);
+        let keepalive = socket2::TcpKeepalive::new()
+            .with_time(KEEPALIVE_IDLE)
+            .with_interval(KEEPALIVE_INTERVAL);
+        let _ = socket2::SockRef::from(&stream).set_tcp_keepalive(&keepalive);
         match Arc::clone(&slots).try_acquire_owned() {
             Ok(slot) => {
                 let id = ids.fetch_add(1, Ordering::Relaxed);
                 let (broker, config, shutdown) =
                     (Arc::clone(&broker), Arc::clone(&config), shutdown.clone());
                 tokio::spawn(async move {
-                    connection::serve(stream, id, broker, config, shutdown).await;
+                    let closed = tcp::serve(stream, id, broker, config, shutdown).await;
                     drop(slot);
+                    tracing::debug!(%peer, id, reason = %closed, "connection closed");
                 });
             }
             Err(_) => {
-                tokio::spawn(reject(stream));
+                tokio::spawn(async move {
+                    reject(stream).await;
+                    tracing::debug!(%peer, reason = %Closed::ServerFull, "connection closed");
+                });
             }
         }
     }
@@ -60,7 +76,7 @@ pub async fn serve<B: Broker>(
 /// Tells a client over the connection limit why it is turned away.
 async fn reject(mut stream: TcpStream) {
     let _ = tokio::time::timeout(GRACE, async {
-        stream.write_all(b"ERR server full\r\n").await?;
+        stream.write_all(&Reply::Error(Error::ServerFull).line()).await?;
         stream.shutdown().await
     })
     .await;

@@ -1,38 +1,39 @@
-//! The TCP server: the accept loop (`listener`), one task per client
-//! (`connection`: a reader that executes commands, a writer that drains the
-//! outbox), and the shutdown signal (`shutdown`).
+//! The server: the accept loop (`listener`), why each connection ended
+//! (`closed`), and the shutdown signal (`shutdown`). Connections are served
+//! by a transport adapter (`crate::transport`) around a session.
 
-pub mod connection;
+pub mod closed;
 pub mod listener;
 pub mod shutdown;
 
-use std::time::Duration;
-
-pub use listener::serve;
-
-/// How long a closing connection may take to flush what it still has queued:
-/// on shutdown, after `QUIT`, after a protocol violation or a slow consumer.
-pub const GRACE: Duration = Duration::from_secs(2);
-
-use anyhow::Context;
 use std::sync::Arc;
+use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::broker::{Broker, Embedded, redis::RedisBroker};
 use crate::config::Config;
 
-/// Binds, starts the configured backend and serves until `shutdown`.
-pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
+/// How long a closing connection may take to flush what it still has queued:
+/// on shutdown, after `QUIT`, after a protocol violation or a slow consumer.
+pub const GRACE: Duration = Duration::from_secs(2);
+
+/// Starts the configured backend and serves clients on `listener` (bound by
+/// the caller, so tests can run the server in-process) until `shutdown`.
+pub async fn run(
+    config: Config,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
     raise_open_files_limit();
-    let listener = TcpListener::bind(config.listen)
-        .await
-        .with_context(|| format!("cannot listen on {}", config.listen))?;
     let config = Arc::new(config);
     match &config.redis {
-        None => start(listener, Arc::new(Embedded::default()), config, shutdown).await,
+        None => {
+            let broker = Arc::new(Embedded::new(config.max_channels));
+            start(listener, broker, config, shutdown).await
+        }
         Some(url) => {
-            let broker = RedisBroker::start(url, shutdown.clone())?;
+            let broker = RedisBroker::start(url, config.max_channels, shutdown.clone())?;
             start(listener, broker, config, shutdown).await
         }
     }
@@ -46,7 +47,7 @@ async fn start<B: Broker>(
 ) -> anyhow::Result<()> {
     let addr = listener.local_addr()?;
     tracing::info!("listening on {addr} (backend: {})", broker.describe());
-    serve(listener, broker, config, shutdown).await;
+    listener::serve(listener, broker, config, shutdown).await;
     tracing::info!("stopped");
     Ok(())
 }

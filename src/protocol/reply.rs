@@ -1,0 +1,124 @@
+//! Every reply and every error the server sends, in one place. The tables of
+//! `docs/protocol.md` mirror these two enums: a new reply is added here first.
+//!
+//! The session produces typed [`Reply`]s; each transport frames them (line
+//! TCP: the text, then CRLF). No reply text is spelled anywhere else.
+
+use bytes::{BufMut, Bytes, BytesMut};
+use std::fmt;
+
+/// A reply to one command (or, for [`Error`]s the server raises on its own,
+/// the last line before it closes the connection).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reply {
+    /// `CONFIRMED`: the seed's answer to a successful command.
+    Confirmed,
+    /// `ALREADY SUBSCRIBED` (seed).
+    AlreadySubscribed,
+    /// `ALREADY UNSUBSCRIBED` (seed).
+    AlreadyUnsubscribed,
+    /// `UNKNOWN COMMAND` (seed): anything that is not a command, the empty line included.
+    UnknownCommand,
+    /// `PONG` or `PONG <text>`.
+    Pong(Bytes),
+    /// `BYE`: the answer to `QUIT`; the server closes after it.
+    Bye,
+    /// `ERR <reason>`.
+    Error(Error),
+}
+
+/// The reasons of `ERR <reason>` lines: lower case, one line, no CR or LF.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Error {
+    /// Too few or too many arguments for the named command.
+    Arity(&'static str),
+    /// A channel name or pattern that breaks the naming rules.
+    InvalidChannel,
+    /// `HELLO` with a version the server does not speak.
+    UnsupportedVersion,
+    /// The connection holds `--max-subscriptions` channels and patterns.
+    TooManySubscriptions,
+    /// The server holds `--max-channels` channels and patterns in all.
+    TooManyChannels,
+    /// The connection may not do this (`--deny-publish`; tokens later).
+    Forbidden,
+    /// The backend (Redis) cannot be reached right now.
+    BackendUnavailable,
+    /// A command line over `--max-line`; the connection is closed.
+    LineTooLong,
+    /// More than `--max-pending` bytes of output queued; the connection is closed.
+    SlowConsumer,
+    /// Over `--max-connections`; the connection is closed.
+    ServerFull,
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Error::Arity(command) => return write!(f, "wrong number of arguments for '{command}'"),
+            Error::InvalidChannel => "invalid channel",
+            Error::UnsupportedVersion => "unsupported protocol version",
+            Error::TooManySubscriptions => "too many subscriptions",
+            Error::TooManyChannels => "too many channels",
+            Error::Forbidden => "forbidden",
+            Error::BackendUnavailable => "backend unavailable",
+            Error::LineTooLong => "line too long",
+            Error::SlowConsumer => "slow consumer",
+            Error::ServerFull => "server full",
+        })
+    }
+}
+
+impl std::error::Error for Error {}
+
+impl From<Error> for Reply {
+    fn from(error: Error) -> Reply {
+        Reply::Error(error)
+    }
+}
+
+impl Reply {
+    /// The reply as a line-protocol frame: its text, then CRLF. The common
+    /// replies are static: answering them allocates nothing.
+    pub fn line(&self) -> Bytes {
+        let fixed: &'static [u8] = match self {
+            Reply::Confirmed => b"CONFIRMED\r\n",
+            Reply::AlreadySubscribed => b"ALREADY SUBSCRIBED\r\n",
+            Reply::AlreadyUnsubscribed => b"ALREADY UNSUBSCRIBED\r\n",
+            Reply::UnknownCommand => b"UNKNOWN COMMAND\r\n",
+            Reply::Bye => b"BYE\r\n",
+            Reply::Pong(text) if text.is_empty() => b"PONG\r\n",
+            Reply::Pong(text) => return join(&[b"PONG ", text, b"\r\n"]),
+            Reply::Error(error) => return join(&[format!("ERR {error}").as_bytes(), b"\r\n"]),
+        };
+        Bytes::from_static(fixed)
+    }
+}
+
+fn join(parts: &[&[u8]]) -> Bytes {
+    let mut out = BytesMut::with_capacity(parts.iter().map(|p| p.len()).sum());
+    parts.iter().for_each(|part| out.put_slice(part));
+    out.freeze()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lines_are_the_protocol_tables() {
+        let cases: [(Reply, &[u8]); 8] = [
+            (Reply::Confirmed, b"CONFIRMED\r\n"),
+            (Reply::AlreadySubscribed, b"ALREADY SUBSCRIBED\r\n"),
+            (Reply::AlreadyUnsubscribed, b"ALREADY UNSUBSCRIBED\r\n"),
+            (Reply::UnknownCommand, b"UNKNOWN COMMAND\r\n"),
+            (Reply::Pong(Bytes::new()), b"PONG\r\n"),
+            (Reply::Pong(Bytes::from("hi there")), b"PONG hi there\r\n"),
+            (Error::Arity("publish").into(), b"ERR wrong number of arguments for 'publish'\r\n"),
+            (Error::SlowConsumer.into(), b"ERR slow consumer\r\n"),
+        ];
+        for (reply, line) in cases {
+            assert_eq!(reply.line(), line);
+        }
+    }
+}

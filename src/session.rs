@@ -1,0 +1,191 @@
+//! The transport-neutral core of a connection: what every transport (line
+//! TCP today; WebSocket and SSE next) shares. A transport adapter turns its
+//! input into command lines, hands them to [`Session::execute`], and writes
+//! what the session's outbox gives it in its own framing.
+//!
+//! The session owns the subscriptions, the push form, the limits, the
+//! permission checks and the confirm-before-deliver rule. It ends its
+//! subscriptions in `Drop`, so no early return, cancelled future or panic in
+//! an adapter can leave a registry entry (or a Redis subscription) behind.
+
+use bytes::Bytes;
+use std::sync::Arc;
+
+use crate::broker::{Broker, Topic};
+use crate::config::Config;
+use crate::outbox::{Flush, Outbox};
+use crate::protocol::command::{Command, Hello};
+use crate::protocol::reply::{Error, Reply};
+
+/// What the adapter does after a command.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Control {
+    Continue,
+    /// The client said `QUIT`: its `BYE` is queued; close once it is written.
+    Quit,
+}
+
+/// What a connection asks permission for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Action {
+    Publish,
+}
+
+/// See the module documentation.
+pub struct Session<B: Broker> {
+    broker: Arc<B>,
+    config: Arc<Config>,
+    outbox: Arc<Outbox>,
+    /// What this connection is subscribed to, channels and patterns. A `Vec`:
+    /// most connections hold a handful, and it is the smallest when idle;
+    /// lookups are linear in at most `--max-subscriptions`.
+    topics: Vec<Topic>,
+    /// Outboxes (this one included) that the current burst of commands made
+    /// busy; written out by [`Session::end_burst`].
+    flush: Flush,
+}
+
+impl<B: Broker> Session<B> {
+    pub fn new(broker: Arc<B>, config: Arc<Config>, outbox: Arc<Outbox>) -> Session<B> {
+        Session { broker, config, outbox, topics: Vec::new(), flush: Flush::default() }
+    }
+
+    /// Parses and executes one command line; its replies go to the outbox.
+    pub async fn execute(&mut self, line: Bytes) -> Control {
+        let command = match Command::parse(line) {
+            Ok(command) => command,
+            Err(error) => {
+                self.reply(error.into());
+                return Control::Continue;
+            }
+        };
+        match command {
+            Command::Subscribe(names) => {
+                for name in self.or_default(names) {
+                    self.subscribe(Topic::channel(name)).await;
+                }
+            }
+            Command::Unsubscribe(names) => {
+                for name in self.or_default(names) {
+                    self.unsubscribe(Topic::channel(name));
+                }
+            }
+            Command::PSubscribe(patterns) => {
+                for pattern in patterns {
+                    self.subscribe(Topic::pattern(pattern)).await;
+                }
+            }
+            Command::PUnsubscribe(patterns) => {
+                for pattern in patterns {
+                    self.unsubscribe(Topic::pattern(pattern));
+                }
+            }
+            Command::Publish { channel, payload } => {
+                let reply = if !self.allowed(Action::Publish, &channel) {
+                    Reply::Error(Error::Forbidden)
+                } else {
+                    match self.broker.publish(channel, payload, &mut self.flush).await {
+                        Ok(()) => Reply::Confirmed,
+                        Err(error) => Reply::Error(error),
+                    }
+                };
+                self.reply(reply);
+            }
+            Command::Ping(text) => self.reply(Reply::Pong(text)),
+            Command::Hello(Hello::Supported(version)) => {
+                self.outbox.push_and_switch(Reply::Confirmed.line(), version, &mut self.flush);
+            }
+            Command::Hello(Hello::Unsupported) => self.reply(Error::UnsupportedVersion.into()),
+            Command::Quit => {
+                self.reply(Reply::Bye);
+                return Control::Quit;
+            }
+            Command::Unknown => self.reply(Reply::UnknownCommand),
+        }
+        Control::Continue
+    }
+
+    /// Writes out what the last commands queued (their replies, and the
+    /// deliveries of their publishes): call once per burst of input.
+    pub fn end_burst(&mut self) {
+        self.flush.run();
+    }
+
+    /// Sends the error that ends the connection (`ERR line too long`).
+    pub fn fail(&mut self, error: Error) {
+        self.reply(error.into());
+    }
+
+    /// The permission point: every transport's commands pass here. Tokens
+    /// will add per-channel rules; today only `--deny-publish` applies.
+    fn allowed(&self, action: Action, _name: &[u8]) -> bool {
+        match action {
+            Action::Publish => !self.config.deny_publish,
+        }
+    }
+
+    /// A bare `SUBSCRIBE` or `UNSUBSCRIBE` means the default channel (the seed's behaviour).
+    fn or_default(&self, names: Vec<Bytes>) -> Vec<Bytes> {
+        if names.is_empty() { vec![self.config.default_channel.clone()] } else { names }
+    }
+
+    async fn subscribe(&mut self, topic: Topic) {
+        if self.topics.contains(&topic) {
+            return self.reply(Reply::AlreadySubscribed);
+        }
+        if self.topics.len() >= self.config.max_subscriptions {
+            return self.reply(Error::TooManySubscriptions.into());
+        }
+        if self.topics.is_empty() {
+            // Most connections subscribe once: no room for four.
+            self.topics.reserve_exact(1);
+        }
+        // Recorded before the broker is asked, so that `Drop` undoes it even
+        // if this future is dropped while the broker confirms.
+        self.topics.push(topic.clone());
+        // Messages that arrive while the broker confirms queue up behind the
+        // reply, so the client sees CONFIRMED first.
+        self.outbox.hold();
+        let reply = match self.broker.subscribe(topic, &self.outbox).await {
+            Ok(shared) => {
+                if let Some(last) = self.topics.last_mut() {
+                    *last = shared;
+                }
+                Reply::Confirmed
+            }
+            Err(error) => {
+                self.topics.pop();
+                Reply::Error(error)
+            }
+        };
+        self.outbox.release(reply.line());
+    }
+
+    fn unsubscribe(&mut self, topic: Topic) {
+        match self.topics.iter().position(|t| *t == topic) {
+            Some(at) => {
+                self.topics.swap_remove(at);
+                self.broker.unsubscribe(&topic, self.outbox.id());
+                self.reply(Reply::Confirmed);
+            }
+            None => self.reply(Reply::AlreadyUnsubscribed),
+        }
+    }
+
+    fn reply(&mut self, reply: Reply) {
+        // A refused reply means the connection is already being cut off.
+        let _ = self.outbox.push(reply.line(), &mut self.flush);
+    }
+}
+
+impl<B: Broker> Drop for Session<B> {
+    /// Delivers what the last commands queued, ends every subscription and
+    /// stops the outbox accepting output.
+    fn drop(&mut self) {
+        self.flush.run();
+        for topic in self.topics.drain(..) {
+            self.broker.unsubscribe(&topic, self.outbox.id());
+        }
+        self.outbox.close();
+    }
+}
