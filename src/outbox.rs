@@ -533,3 +533,145 @@ impl Drop for Flush {
         self.run();
     }
 }
+
+#[cfg(test)]
+impl Outbox {
+    /// Holds the outbox's lock, as a producer in the middle of a push does.
+    pub(crate) fn lock_for_test(&self) -> impl Drop + '_ {
+        self.state()
+    }
+
+    /// Frames queued (a producer's pushes show here before its flush).
+    pub(crate) fn queued(&self) -> usize {
+        self.state().queue.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicUsize;
+
+    /// A sink that takes at most `room` bytes, then would block.
+    #[derive(Default)]
+    struct Narrow {
+        room: AtomicUsize,
+        taken: Mutex<Vec<u8>>,
+    }
+
+    impl Sink for Narrow {
+        fn try_write(&self, frames: &[IoSlice<'_>]) -> io::Result<usize> {
+            let room = self.room.load(Ordering::Relaxed);
+            if room == 0 {
+                return Err(io::ErrorKind::WouldBlock.into());
+            }
+            let mut taken = self.taken.lock().expect("test lock");
+            let before = taken.len();
+            for frame in frames {
+                let n = frame.len().min(room - (taken.len() - before));
+                taken.extend_from_slice(&frame[..n]);
+            }
+            let n = taken.len() - before;
+            self.room.fetch_sub(n, Ordering::Relaxed);
+            Ok(n)
+        }
+    }
+
+    fn outbox(max_pending: usize) -> Arc<Outbox> {
+        Outbox::new(1, max_pending, Deferred)
+    }
+
+    fn push(outbox: &Arc<Outbox>, frame: &'static str) -> bool {
+        outbox.push(Bytes::from(frame), &mut Flush::default())
+    }
+
+    async fn take(outbox: &Outbox) -> (Next, Vec<Vec<u8>>) {
+        let mut batch = Batch::default();
+        let next = outbox.next(&mut batch).await;
+        (next, batch.frames().map(<[u8]>::to_vec).collect())
+    }
+
+    #[tokio::test]
+    async fn hands_over_everything_queued_at_once() {
+        let outbox = outbox(100);
+        assert!(push(&outbox, "a") && push(&outbox, "b"));
+        assert_eq!(take(&outbox).await, (Next::Write, vec![b"a".to_vec(), b"b".to_vec()]));
+    }
+
+    #[tokio::test]
+    async fn a_held_reply_goes_before_what_was_pushed_after_it() {
+        let outbox = outbox(100);
+        push(&outbox, "before");
+        outbox.hold();
+        push(&outbox, "message");
+        assert_eq!(take(&outbox).await, (Next::Write, vec![b"before".to_vec()]));
+        outbox.written(6);
+        outbox.release(Bytes::from("CONFIRMED"));
+        let (next, frames) = take(&outbox).await;
+        assert_eq!((next, frames), (Next::Write, vec![b"CONFIRMED".to_vec(), b"message".to_vec()]));
+    }
+
+    #[tokio::test]
+    async fn a_cut_off_while_a_reply_is_held_is_clean() {
+        // The first version kept the hold as an index into the queue; a cut
+        // off truncated the queue under it and the release panicked.
+        let outbox = outbox(10);
+        push(&outbox, "12345");
+        outbox.hold();
+        assert!(push(&outbox, "6789"));
+        assert!(!push(&outbox, "overflow"), "over budget");
+        outbox.release(Bytes::from("CONFIRMED"));
+        assert_eq!(take(&outbox).await, (Next::CutOff, vec![]));
+    }
+
+    #[tokio::test]
+    async fn frames_being_written_count_against_the_budget() {
+        // The first version forgot a batch once its writer took it, so a
+        // writer stuck on a client that does not read let the queue refill
+        // for ever and the cut-off never came.
+        let outbox = outbox(10);
+        assert!(push(&outbox, "12345678"));
+        assert_eq!(take(&outbox).await.0, Next::Write);
+        assert!(!push(&outbox, "123"), "8 bytes in flight + 3 > 10");
+        outbox.cut_off().await;
+    }
+
+    #[tokio::test]
+    async fn the_rest_of_a_frame_begun_survives_the_cut() {
+        let narrow = Outbox::new(1, 20, Narrow { room: AtomicUsize::new(3), ..Narrow::default() });
+        let shared: Arc<Outbox> = narrow.clone();
+        let mut flush = Flush::default();
+        assert!(shared.push(Bytes::from("MESSAGE"), &mut flush));
+        assert!(shared.push(Bytes::from("NEXT"), &mut flush));
+        flush.run();
+        assert_eq!(narrow.sink().taken.lock().expect("test lock").as_slice(), b"MES");
+        assert!(!shared.push(Bytes::from("0123456789ABC"), &mut flush), "over budget");
+        assert_eq!(take(&shared).await, (Next::CutOff, vec![b"SAGE".to_vec()]));
+    }
+
+    #[tokio::test]
+    async fn the_push_form_switches_with_the_reply() {
+        let outbox = outbox(100);
+        let active = AtomicBool::new(true);
+        let form = |version: Version| Bytes::from(format!("v{}", version as u8));
+        let mut flush = Flush::default();
+        assert!(outbox.deliver(&active, form, &mut flush));
+        outbox.push_and_switch(Bytes::from("CONFIRMED"), Version::V2, &mut flush);
+        assert!(outbox.deliver(&active, form, &mut flush));
+        active.store(false, Ordering::Relaxed);
+        assert!(!outbox.deliver(&active, form, &mut flush), "an ended subscription");
+        let frames = take(&outbox).await.1;
+        assert_eq!(frames, [b"v1".to_vec(), b"CONFIRMED".to_vec(), b"v2".to_vec()]);
+    }
+
+    #[tokio::test]
+    async fn closing_flushes_then_stops() {
+        let outbox = outbox(100);
+        push(&outbox, "BYE");
+        outbox.close();
+        assert!(!push(&outbox, "late"));
+        assert_eq!(take(&outbox).await.0, Next::Write);
+        outbox.written(3);
+        assert_eq!(take(&outbox).await.0, Next::Closed);
+    }
+}

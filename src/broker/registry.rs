@@ -343,3 +343,161 @@ fn read<T>(lock: &RwLock<T>) -> RwLockReadGuard<'_, T> {
 fn write<T>(lock: &RwLock<T>) -> RwLockWriteGuard<'_, T> {
     lock.write().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::outbox::{Batch, Deferred};
+    use std::sync::mpsc;
+    use std::time::Duration;
+
+    fn publish(registry: &Registry, channel: &[u8], payload: &[u8]) -> usize {
+        registry.publish(channel, payload, &mut Flush::default())
+    }
+
+    fn outbox(id: ConnId) -> Arc<Outbox> {
+        Outbox::new(id, 1 << 20, Deferred)
+    }
+
+    fn add(registry: &Registry, topic: Topic, outbox: &Arc<Outbox>) -> (Topic, usize) {
+        registry.add(topic, outbox).expect("under the limit")
+    }
+
+    async fn drain(outbox: &Outbox) -> Vec<Bytes> {
+        let mut batch = Batch::default();
+        outbox.next(&mut batch).await;
+        batch.frames().map(Bytes::copy_from_slice).collect()
+    }
+
+    #[tokio::test]
+    async fn one_copy_of_each_name_and_each_frame() {
+        let registry = Registry::new(10);
+        let (a, b) = (outbox(1), outbox(2));
+        let topic = Topic::channel(Bytes::from("news"));
+        let (first, count) = add(&registry, topic.clone(), &a);
+        assert_eq!(count, 1);
+        let (second, count) = add(&registry, topic, &b);
+        assert_eq!(count, 2);
+        assert_eq!(first.name.as_ptr(), second.name.as_ptr(), "one copy of the name");
+        assert_eq!(publish(&registry, b"news", b"hi"), 2);
+        assert_eq!(drain(&a).await, [Bytes::from("hi\r\n")]);
+        assert_eq!(drain(&b).await, [Bytes::from("hi\r\n")]);
+    }
+
+    #[tokio::test]
+    async fn patterns_and_names_each_deliver_once() {
+        let registry = Registry::new(10);
+        let a = outbox(1);
+        a.push_and_switch(Bytes::new(), Version::V2, &mut Flush::default());
+        add(&registry, Topic::channel(Bytes::from("news.x")), &a);
+        add(&registry, Topic::pattern(Bytes::from("news.*")), &a);
+        add(&registry, Topic::pattern(Bytes::from("other.*")), &a);
+        add(&registry, Topic::pattern(Bytes::from("*.x")), &a);
+        assert_eq!(publish(&registry, b"news.x", b"p"), 3);
+        assert_eq!(
+            drain(&a).await,
+            [
+                Bytes::new(),
+                Bytes::from("MESSAGE news.x 1\r\np\r\n"),
+                Bytes::from("PMESSAGE *.x news.x 1\r\np\r\n"),
+                Bytes::from("PMESSAGE news.* news.x 1\r\np\r\n"),
+            ]
+        );
+        assert_eq!(registry.remove(&Topic::pattern(Bytes::from("news.*")), 1), 0);
+        assert_eq!(publish(&registry, b"news.x", b"p"), 2);
+    }
+
+    #[test]
+    fn patterns_are_found_by_prefix_not_by_scanning() {
+        let registry = Registry::new(100_000);
+        let a = outbox(1);
+        for i in 0..10_000 {
+            add(&registry, Topic::pattern(Bytes::from(format!("user.{i}.*"))), &a);
+        }
+        add(&registry, Topic::pattern(Bytes::from("*")), &a);
+        let patterns = read(&registry.patterns);
+        let found: Vec<Bytes> =
+            patterns.matching(b"user.42.x").into_iter().map(|(p, _)| p).collect();
+        assert_eq!(found, [Bytes::from("*"), Bytes::from("user.42.*")]);
+        let candidates: usize = patterns
+            .lengths
+            .keys()
+            .filter_map(|&len| b"user.42.x".get(..len))
+            .filter_map(|prefix| patterns.by_prefix.get(prefix))
+            .map(Vec::len)
+            .sum();
+        assert_eq!(candidates, 2, "two globs run, not 10,001");
+        drop(patterns);
+        for i in 0..10_000 {
+            registry.remove(&Topic::pattern(Bytes::from(format!("user.{i}.*"))), 1);
+        }
+        let patterns = read(&registry.patterns);
+        assert_eq!((patterns.by_name.len(), patterns.by_prefix.len()), (1, 1));
+        assert_eq!(patterns.lengths.len(), 1, "no prefix length left behind");
+    }
+
+    #[test]
+    fn the_server_wide_cap_counts_channels_and_patterns() {
+        let registry = Registry::new(2);
+        let (a, b) = (outbox(1), outbox(2));
+        add(&registry, Topic::channel(Bytes::from("one")), &a);
+        add(&registry, Topic::pattern(Bytes::from("two.*")), &a);
+        let third = registry.add(Topic::channel(Bytes::from("three")), &a);
+        assert_eq!(third.map(|(_, n)| n), Err(Error::TooManyChannels));
+        add(&registry, Topic::channel(Bytes::from("one")), &b);
+        registry.remove(&Topic::pattern(Bytes::from("two.*")), 1);
+        add(&registry, Topic::channel(Bytes::from("three")), &a);
+    }
+
+    #[test]
+    fn subscribing_never_waits_for_a_fan_out() {
+        // The first version held the table's read lock for the whole fan-out:
+        // a subscriber (and every publisher after it) waited for it.
+        let registry = Arc::new(Registry::new(10));
+        let (first, stuck) = (outbox(1), outbox(2));
+        let topic = Topic::channel(Bytes::from("busy"));
+        add(&registry, topic.clone(), &first);
+        add(&registry, topic.clone(), &stuck);
+        // The fan-out reaches `first`, then stops at `stuck`, whose lock we hold.
+        let held = stuck.lock_for_test();
+        let publisher = {
+            let registry = Arc::clone(&registry);
+            std::thread::spawn(move || publish(&registry, b"busy", b"m"))
+        };
+        // It flushes only at the end of its fan-out: watch the queue instead.
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while first.queued() == 0 {
+            assert!(std::time::Instant::now() < deadline, "the fan-out never reached `first`");
+            std::thread::yield_now();
+        }
+        // Mid fan-out: a subscribe and a disconnect go through at once.
+        let (done, finished) = mpsc::channel();
+        {
+            let registry = Arc::clone(&registry);
+            std::thread::spawn(move || {
+                add(&registry, Topic::channel(Bytes::from("busy")), &outbox(3));
+                registry.remove(&Topic::channel(Bytes::from("busy")), 1);
+                let _ = done.send(());
+            });
+        }
+        let waited = finished.recv_timeout(Duration::from_secs(20));
+        drop(held);
+        assert_eq!(publisher.join().expect("publisher"), 2);
+        assert!(waited.is_ok(), "the subscribe waited for the fan-out");
+    }
+
+    #[tokio::test]
+    async fn nothing_follows_the_confirmed_of_an_unsubscribe() {
+        let registry = Registry::new(10);
+        let a = outbox(1);
+        let topic = Topic::channel(Bytes::from("c"));
+        add(&registry, topic.clone(), &a);
+        let entry = read(&registry.channels).get(&b"c"[..]).cloned().expect("entry");
+        let before = entry.snapshot();
+        registry.remove(&topic, 1);
+        a.push(Bytes::from("CONFIRMED"), &mut Flush::default());
+        // A publisher that took its snapshot before the unsubscribe.
+        assert_eq!(Frames::new(b"c", b"late").deliver(None, &before, &mut Flush::default()), 0);
+        assert_eq!(drain(&a).await, [Bytes::from("CONFIRMED")]);
+    }
+}
