@@ -8,10 +8,8 @@
 //!   embedded and Redis backends behind one trait;
 //! - [`server`]: the accept loop, the connection tasks, shutdown;
 //! - [`client`]: `crier client`, `crier sub`, `crier pub`;
-//! - [`bench`]: `crier bench`, the load generator;
 //! - [`config`]: flags, environment and config file.
 
-pub mod bench;
 pub mod broker;
 pub mod client;
 pub mod config;
