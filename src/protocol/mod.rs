@@ -3,6 +3,7 @@
 
 pub mod codec;
 pub mod command;
+pub mod push;
 
 pub use command::{Command, Hello};
 
