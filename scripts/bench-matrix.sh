@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Runs crier bench against crier (embedded and on Redis), Redis and NATS, with
+# Runs crier-bench against crier (embedded and on Redis), Redis and NATS, with
 # a fresh server per run, and appends one JSON line per run to $OUT.
 #
 #   scripts/bench-matrix.sh fanout|latency|conns [RUNS]
@@ -11,6 +11,7 @@ what=${1:?fanout, latency or conns}
 runs=${2:-3}
 out=${OUT:-target/bench-results.jsonl}
 crier=target/release/crier
+bench=target/release/crier-bench
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 
@@ -81,7 +82,7 @@ run() {
     shift 2
     start "$system"
     local line
-    line=$($crier bench --target "$TARGET" --addr "$ADDR" --server-pid "$PID" "${EXTRA[@]}" "$@" | tail -n 1)
+    line=$($bench --target "$TARGET" --addr "$ADDR" --server-pid "$PID" "${EXTRA[@]}" "$@" | tail -n 1)
     stop
     printf '{"label":"%s","system":"%s",%s\n' "$label" "$system" "${line#\{}" >>"$out"
     echo "$label $system: $(echo "$line" | head -c 300)"

@@ -11,10 +11,8 @@
 //!   embedded and Redis backends behind one trait;
 //! - [`server`]: the accept loop, why connections end, shutdown;
 //! - [`client`]: `crier client`, `crier sub`, `crier pub`;
-//! - [`bench`]: `crier bench`, the load generator;
 //! - [`config`]: flags, environment and config file.
 
-pub mod bench;
 pub mod broker;
 pub mod client;
 pub mod config;

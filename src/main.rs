@@ -1,4 +1,4 @@
-//! The `crier` command: the server, the clients and the load generator.
+//! The `crier` command: the server and the clients.
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
@@ -30,8 +30,6 @@ enum Command {
     Sub(subscribe::SubArgs),
     /// Publish a message (or one per line of standard input).
     Pub(publish::PubArgs),
-    /// Load generator for crier, Redis and NATS: fan-out throughput, latency, memory.
-    Bench(crier::bench::BenchArgs),
 }
 
 fn main() {
@@ -73,6 +71,5 @@ async fn run(command: Command) -> anyhow::Result<()> {
         Command::Client { addr } => interactive::run(&addr).await,
         Command::Sub(args) => subscribe::run(args).await,
         Command::Pub(args) => publish::run(args).await,
-        Command::Bench(args) => crier::bench::run(args).await,
     }
 }

@@ -7,10 +7,12 @@ pub mod publish;
 pub mod subscribe;
 
 use anyhow::Context;
-use bytes::{Buf, Bytes, BytesMut};
+use bytes::{Bytes, BytesMut};
 use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
 use tokio::net::tcp::OwnedReadHalf;
+
+use crate::protocol::push;
 
 /// Default server address of the clients, the server's default listen address.
 pub const DEFAULT_ADDR: &str = crate::config::DEFAULT_LISTEN;
@@ -33,9 +35,7 @@ pub enum Frame {
     Message { pattern: Option<Bytes>, channel: Bytes, payload: Bytes },
 }
 
-/// Reads [`Frame`]s. A line of the exact shape `MESSAGE <channel> <n>` or
-/// `PMESSAGE <pattern> <channel> <n>` starts a version 2 push; any other
-/// line is a reply or a version 1 payload.
+/// Reads [`Frame`]s, telling pushes from replies with [`push::parse`].
 pub struct FrameReader {
     reader: OwnedReadHalf,
     buf: BytesMut,
@@ -48,33 +48,24 @@ impl FrameReader {
 
     /// The next frame, or `None` once the server closed the connection.
     pub async fn next(&mut self) -> anyhow::Result<Option<Frame>> {
-        let Some(line) = self.line().await? else {
-            return Ok(None);
-        };
-        let Some((pattern, channel, len)) = push_header(&line) else {
-            return Ok(Some(Frame::Line(line)));
-        };
-        while self.buf.len() < len + 2 {
-            if !self.fill().await? {
-                anyhow::bail!("connection closed in the middle of a message");
-            }
-        }
-        let payload = self.buf.split_to(len).freeze();
-        self.buf.advance(2);
-        Ok(Some(Frame::Message { pattern, channel, payload }))
-    }
-
-    async fn line(&mut self) -> anyhow::Result<Option<Bytes>> {
         loop {
-            if let Some(lf) = self.buf.iter().position(|&b| b == b'\n') {
-                let mut line = self.buf.split_to(lf + 1);
-                line.truncate(lf);
-                if line.last() == Some(&b'\r') {
-                    line.truncate(lf - 1);
-                }
-                return Ok(Some(line.freeze()));
+            if let Some((frame, used)) = push::parse(&self.buf).context("reading from crier")? {
+                let bytes = self.buf.split_to(used).freeze();
+                return Ok(Some(match frame {
+                    push::Frame::Line(line) => Frame::Line(bytes.slice(line)),
+                    push::Frame::Push { pattern, channel, payload } => Frame::Message {
+                        pattern: pattern.map(|pattern| bytes.slice(pattern)),
+                        channel: bytes.slice(channel),
+                        payload: bytes.slice(payload),
+                    },
+                }));
             }
             if !self.fill().await? {
+                // A complete line left unparsed is a push header whose payload
+                // never came; an unfinished last line is dropped.
+                if self.buf.contains(&b'\n') {
+                    anyhow::bail!("connection closed in the middle of a message");
+                }
                 return Ok(None);
             }
         }
@@ -85,15 +76,4 @@ impl FrameReader {
         let read = self.reader.read_buf(&mut self.buf).await.context("reading from crier")?;
         Ok(read > 0)
     }
-}
-
-fn push_header(line: &Bytes) -> Option<(Option<Bytes>, Bytes, usize)> {
-    let words: Vec<&[u8]> = line.split(|&b| b == b' ').collect();
-    let (pattern, channel, len) = match words[..] {
-        [b"MESSAGE", channel, len] => (None, channel, len),
-        [b"PMESSAGE", pattern, channel, len] => (Some(line.slice_ref(pattern)), channel, len),
-        _ => return None,
-    };
-    let len = std::str::from_utf8(len).ok()?.parse().ok()?;
-    Some((pattern, line.slice_ref(channel), len))
 }

@@ -1,9 +1,10 @@
 //! The wire protocol: framing of command lines and pushes (`codec`), the
-//! parsing of a line into a [`Command`] (`command`), and every reply and error
-//! (`reply`). None does any I/O.
+//! parsing of a line into a [`Command`] (`command`), every reply and error
+//! (`reply`), and the clients' parser of pushes (`push`). None does any I/O.
 
 pub mod codec;
 pub mod command;
+pub mod push;
 pub mod reply;
 
 pub use command::{Command, Hello};

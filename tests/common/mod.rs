@@ -15,6 +15,8 @@ use std::sync::mpsc;
 use std::thread;
 use std::time::Duration;
 
+use crier::protocol::push;
+
 /// Upper bound on any single wait; reaching it means the test failed.
 pub const DEADLINE: Duration = Duration::from_secs(20);
 
@@ -173,18 +175,31 @@ impl Client {
 
     /// Reads one version 2 push: (pattern, channel, payload).
     pub fn push_v2(&mut self) -> (Option<Vec<u8>>, Vec<u8>, Vec<u8>) {
-        let header = self.line();
-        let words: Vec<&[u8]> = header.split(|&b| b == b' ').collect();
-        let (pattern, channel, len) = match words[..] {
-            [b"MESSAGE", channel, len] => (None, channel, len),
-            [b"PMESSAGE", pattern, channel, len] => (Some(pattern.to_vec()), channel, len),
-            _ => panic!("not a push: {}", header.escape_ascii()),
-        };
-        let len: usize = std::str::from_utf8(len).unwrap().parse().unwrap();
-        let channel = channel.to_vec();
-        let payload = self.read_exact(len);
-        assert_eq!(self.read_exact(2), b"\r\n");
-        (pattern, channel, payload)
+        let mut raw = Vec::new();
+        loop {
+            // A push ends with LF, so reading up to one LF at a time never
+            // reads past it.
+            let read = self.reader.read_until(b'\n', &mut raw).expect("read from crier");
+            assert!(read > 0, "connection closed in a push: {}", raw.escape_ascii());
+            match push::parse(&raw) {
+                Ok(Some((push::Frame::Push { pattern, channel, payload }, _))) => {
+                    let header = &raw[..payload.start];
+                    assert!(
+                        header.ends_with(b"\r\n"),
+                        "not a CRLF line: {}",
+                        header.escape_ascii()
+                    );
+                    return (
+                        pattern.map(|p| raw[p].to_vec()),
+                        raw[channel].to_vec(),
+                        raw[payload].to_vec(),
+                    );
+                }
+                Ok(Some((push::Frame::Line(_), _))) => panic!("not a push: {}", raw.escape_ascii()),
+                Ok(None) => {}
+                Err(error) => panic!("{error}: {}", raw.escape_ascii()),
+            }
+        }
     }
 
     /// Asserts the server closed the connection (after everything read so far).

@@ -1,4 +1,4 @@
-//! `crier bench`: a load generator in the spirit of redis-benchmark and
+//! `crier-bench`: a load generator in the spirit of redis-benchmark and
 //! `nats bench`, speaking crier's, Redis's and NATS's protocols with the same
 //! code so that crier and its rivals are measured the same way.
 //!
@@ -10,7 +10,7 @@
 //! Files: `targets` (wire dialects), `payload` (the message header),
 //! `subscriber` / `publisher` (the connection loops), `net` (connecting many
 //! sockets), `report` (histograms, summary, JSON); process facts (rlimit,
-//! rusage, /proc) are `crate::sys`, shared with the server.
+//! rusage, /proc) are `crier::sys`, shared with the server.
 
 mod net;
 mod payload;
@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 
-use crate::sys;
+use crier::sys;
 use tokio::sync::{Semaphore, mpsc, watch};
 use tokio::task::JoinHandle;
 
@@ -54,7 +54,7 @@ impl Mode {
     }
 }
 
-/// Load generator for crier, Redis and NATS pub/sub (`crier bench ...`).
+/// Load generator for crier, Redis and NATS pub/sub (`crier-bench ...`).
 #[derive(Debug, clap::Args)]
 pub struct BenchArgs {
     /// Server to measure; each has its own wire protocol.

@@ -167,7 +167,7 @@ impl Report {
             (None, None) => "-".into(),
         };
         println!(
-            "crier bench: target={} mode={} addr={} publish_via={}",
+            "crier-bench: target={} mode={} addr={} publish_via={}",
             self.target.name(),
             self.mode.name(),
             self.addr,
