@@ -35,9 +35,13 @@ impl Server {
     }
 
     pub fn start_with_env(args: &[&str], env: &[(&str, &str)]) -> Server {
-        let mut command = Command::new(env!("CARGO_BIN_EXE_crier"));
+        // CRIER_TEST_BIN runs the tests against another build (an older
+        // release, to show that a test fails without its fix).
+        let binary = std::env::var_os("CRIER_TEST_BIN")
+            .unwrap_or_else(|| env!("CARGO_BIN_EXE_crier").into());
+        let mut command = Command::new(binary);
         command.arg("serve").arg("--listen").arg("127.0.0.1:0").args(args);
-        command.envs(env.iter().copied()).env("CRIER_LOG", "info");
+        command.env("CRIER_LOG", "info").envs(env.iter().copied());
         command.stdout(Stdio::null()).stderr(Stdio::piped());
         let mut child = command.spawn().expect("start crier");
         let stderr = child.stderr.take().expect("stderr");
@@ -133,6 +137,31 @@ impl Client {
         stream.set_read_timeout(Some(DEADLINE)).unwrap();
         stream.set_nodelay(true).unwrap();
         Client { reader: BufReader::with_capacity(64 * 1024, stream) }
+    }
+
+    /// A client whose receive buffer is tiny (set before connecting, so the
+    /// window is small from the start): when it stops reading, the server
+    /// feels it after a few KiB instead of megabytes.
+    pub fn connect_with_receive_buffer(addr: SocketAddr, bytes: usize) -> Client {
+        let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)
+            .expect("socket");
+        socket.set_recv_buffer_size(bytes).expect("SO_RCVBUF");
+        socket.connect(&addr.into()).expect("connect to crier");
+        let stream: TcpStream = socket.into();
+        stream.set_read_timeout(Some(DEADLINE)).unwrap();
+        stream.set_nodelay(true).unwrap();
+        Client { reader: BufReader::with_capacity(64 * 1024, stream) }
+    }
+
+    /// Everything the server sends until it closes the connection; panics
+    /// if it does not close within the deadline.
+    pub fn read_to_eof(&mut self) -> Vec<u8> {
+        let mut all = Vec::new();
+        match self.reader.read_to_end(&mut all) {
+            Ok(_) => all,
+            Err(error) if error.kind() == std::io::ErrorKind::ConnectionReset => all,
+            Err(error) => panic!("the server did not close the connection: {error}"),
+        }
     }
 
     pub fn stream(&self) -> &TcpStream {
@@ -342,6 +371,13 @@ impl Redis {
     pub fn publish(&self, channel: &[u8], payload: &[u8]) -> i64 {
         let reply = self.command(&[b"PUBLISH", channel, payload]);
         assert_eq!(reply[0], b':', "{}", reply.escape_ascii());
+        std::str::from_utf8(&reply[1..reply.len() - 2]).unwrap().parse().unwrap()
+    }
+
+    /// How many channels matching `pattern` Redis has subscribers for (`PUBSUB CHANNELS`).
+    pub fn active_channels(&self, pattern: &[u8]) -> usize {
+        let reply = self.command(&[b"PUBSUB", b"CHANNELS", pattern]);
+        assert_eq!(reply[0], b'*', "{}", reply.escape_ascii());
         std::str::from_utf8(&reply[1..reply.len() - 2]).unwrap().parse().unwrap()
     }
 
