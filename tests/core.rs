@@ -144,7 +144,7 @@ fn every_push_after_a_hello_reply_is_in_the_new_form() {
         })
     };
     let mut next = 0u64;
-    let mut take = |body: &[u8], next: &mut u64| {
+    let take = |body: &[u8], next: &mut u64| {
         assert_eq!(body, format!("m{next}").as_bytes(), "a message missing or out of order");
         *next += 1;
         seen.store(*next, Ordering::Relaxed);
