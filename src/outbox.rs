@@ -164,6 +164,12 @@ impl<S: ?Sized + Sink> Outbox<S> {
         self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
+    /// False once the connection is closing or cut off: nothing more it
+    /// asks for will reach it.
+    pub fn is_open(&self) -> bool {
+        self.state().status == Status::Open
+    }
+
     /// Reserves the place of the next reply; see the module documentation.
     pub fn hold(&self) {
         let mut state = self.state();

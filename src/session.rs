@@ -130,6 +130,11 @@ impl<B: Broker> Session<B> {
     }
 
     async fn subscribe(&mut self, topic: Topic) {
+        if !self.outbox.is_open() {
+            // Cut off or closing: the rest of a long SUBSCRIBE would only
+            // make the broker work for a connection about to end.
+            return;
+        }
         if self.topics.contains(&topic) {
             return self.reply(Reply::AlreadySubscribed);
         }

@@ -2,6 +2,7 @@
 
 mod common;
 use common::{Client, Redis, Server, TlsFiles};
+use std::thread;
 
 fn node(redis: &Redis) -> Server {
     let server = Server::start(&["--redis", &redis.url()]);
@@ -217,4 +218,52 @@ fn rediss_urls_speak_tls_and_verify_the_certificate() {
     // Without the CA the certificate is refused: no silent downgrade.
     let untrusted = Server::start_with_env(&["--redis", &url], &[("SSL_CERT_FILE", "/dev/null")]);
     untrusted.wait_log("redis: cannot connect");
+}
+
+#[test]
+fn a_slow_consumer_cut_while_its_subscribes_wait_for_redis_leaves_nothing_behind() {
+    // The first version kept the place of a pending reply as an index that a
+    // cut-off could leave past the end of the queue; the connection task then
+    // panicked before ending its subscriptions, and Redis kept them for good.
+    use std::io::Write;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let redis = Redis::start();
+    let server = Server::start_with_env(
+        &["--redis", &redis.url(), "--max-pending", "65536"],
+        &[("CRIER_LOG", "debug")],
+    );
+    server.wait_log("redis: connected");
+    let mut slow = Client::connect_with_receive_buffer(server.addr, 4096);
+    slow.command("SUBSCRIBE busy", "CONFIRMED");
+    // A thousand subscriptions, each confirmed only once Redis acknowledged it...
+    let names: Vec<String> = (0..1000).map(|i| format!("w{i}")).collect();
+    slow.send(format!("SUBSCRIBE {}\r\n", names.join(" ")).as_bytes());
+    // ...while Redis floods a channel the client does not read.
+    let stop = Arc::new(AtomicBool::new(false));
+    let flood = {
+        let stop = Arc::clone(&stop);
+        let mut stream = std::net::TcpStream::connect(("127.0.0.1", redis.port)).expect("redis");
+        thread::spawn(move || {
+            stream.write_all(&common::resp(&[b"CLIENT", b"REPLY", b"OFF"])).expect("flood");
+            let message = common::resp(&[b"PUBLISH", b"busy", &[b'x'; 16 * 1024]]);
+            while !stop.load(Ordering::Relaxed) {
+                stream.write_all(&message).expect("flood");
+            }
+        })
+    };
+    server.wait_log("reason=slow_consumer");
+    stop.store(true, Ordering::Relaxed);
+    flood.join().expect("flood");
+    // Every subscription of the cut connection is gone from Redis.
+    let deadline = std::time::Instant::now() + common::DEADLINE;
+    while redis.active_channels(b"*") > 0 {
+        assert!(std::time::Instant::now() < deadline, "Redis still has the cut client's channels");
+        thread::yield_now();
+    }
+    // And the node serves the next client as usual.
+    let mut next = server.connect();
+    next.command("SUBSCRIBE w1", "CONFIRMED");
+    assert_eq!(redis.publish(b"w1", b"fine"), 1);
+    next.expect_line(b"fine");
 }

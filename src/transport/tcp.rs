@@ -95,6 +95,11 @@ async fn read<B: Broker>(
                 match reader.next_line() {
                     // Boxed: what a command awaits (the broker) would
                     // otherwise enlarge every idle connection's task.
+                    Ok(Some(_)) if closed.is_cancelled() => {
+                        // Cut off meanwhile: the rest of the input is moot.
+                        cause.set(Closed::Shutdown);
+                        return false;
+                    }
                     Ok(Some(line)) => {
                         if Box::pin(session.execute(line)).await == Control::Quit {
                             cause.set(Closed::ClientQuit);
