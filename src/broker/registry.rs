@@ -187,7 +187,9 @@ impl Registry {
         let mut frames = Frames::new(channel, payload);
         let named = read(&self.channels).get(channel).cloned();
         let mut delivered = named.map_or(0, |entry| frames.deliver(None, &entry.snapshot(), flush));
-        for (pattern, entry) in read(&self.patterns).matching(channel) {
+        // Collected first: the index's read guard must not live through the fan-out.
+        let matching = read(&self.patterns).matching(channel);
+        for (pattern, entry) in matching {
             frames.v2 = None;
             delivered += frames.deliver(Some(&pattern), &entry.snapshot(), flush);
         }

@@ -16,9 +16,10 @@ use crate::protocol::reply::{Error, Reply};
 use crate::transport::tcp;
 
 /// Probes on an idle connection: a peer that vanished (power loss, a NAT
-/// that forgot the flow) is found within about two minutes.
+/// that forgot the flow) is found within two minutes (60 s + 6 × 10 s).
 const KEEPALIVE_IDLE: std::time::Duration = std::time::Duration::from_secs(60);
 const KEEPALIVE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(10);
+const KEEPALIVE_PROBES: u32 = 6;
 
 /// Serves clients on `listener` until `shutdown` is cancelled.
 pub async fn serve<B: Broker>(
@@ -48,7 +49,8 @@ pub async fn serve<B: Broker>(
         let _ = stream.set_nodelay(true);
         let keepalive = socket2::TcpKeepalive::new()
             .with_time(KEEPALIVE_IDLE)
-            .with_interval(KEEPALIVE_INTERVAL);
+            .with_interval(KEEPALIVE_INTERVAL)
+            .with_retries(KEEPALIVE_PROBES);
         let _ = socket2::SockRef::from(&stream).set_tcp_keepalive(&keepalive);
         match Arc::clone(&slots).try_acquire_owned() {
             Ok(slot) => {

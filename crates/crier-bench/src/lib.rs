@@ -97,6 +97,10 @@ pub struct BenchArgs {
     /// Idle subscribed connections to hold (conns mode, all on `bench.0`).
     #[arg(long, default_value_t = 1000)]
     pub conns: usize,
+    /// Conns mode: each connection then sends one byte without a newline,
+    /// so the server holds a partial command line for every connection.
+    #[arg(long)]
+    pub partial_line: bool,
     /// Seconds to hold the idle connections before measuring memory (conns mode).
     #[arg(long, default_value_t = 1.0)]
     pub hold: f64,
@@ -294,6 +298,7 @@ pub async fn run(args: BenchArgs) -> Result<()> {
         }
         .max(2 * (args.size + 128)),
         timeout,
+        partial_line: args.partial_line,
     });
     let gate = Arc::new(Semaphore::new(args.connect_concurrency));
     let (ready_tx, mut ready_rx) = mpsc::unbounded_channel();

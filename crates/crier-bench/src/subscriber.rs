@@ -41,6 +41,9 @@ pub struct Plan {
     /// for many (memory).
     pub buf_cap: usize,
     pub timeout: Duration,
+    /// Send one byte without a newline once subscribed: a connection in the
+    /// middle of a command line (what it costs the server is what is measured).
+    pub partial_line: bool,
 }
 
 /// One subscriber's findings.
@@ -103,6 +106,9 @@ pub async fn run(
         )
         .await
         .map_err(|_| anyhow!("no subscribe confirmation within {:?}", plan.timeout))??;
+        if plan.partial_line {
+            stream.write_all(b"P").await?;
+        }
         anyhow::Ok((stream, buf))
     };
     let (mut stream, mut buf) = match setup.await {
