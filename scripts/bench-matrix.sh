@@ -2,8 +2,11 @@
 # Runs crier-bench against crier (embedded and on Redis), Redis and NATS, with
 # a fresh server per run, and appends one JSON line per run to $OUT.
 #
-#   scripts/bench-matrix.sh fanout|latency|conns [RUNS]
+#   scripts/bench-matrix.sh fanout|latency|conns|core|partial [RUNS]
 #
+# SYSTEMS overrides the systems measured (default: crier crier-redis redis
+# nats); the system crier-base is the crier binary at $CRIER_BASE (an older
+# build, for before/after figures), measured with the same load generator.
 # Needs redis-server and nats-server (Debian packages) and a release build.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -20,6 +23,11 @@ trap 'rm -rf "$work"' EXIT
 start() {
     local redis_port=16379
     EXTRA=()
+    local binary=$crier
+    if [ "$1" = crier-base ]; then
+        binary=${CRIER_BASE:?CRIER_BASE names the older crier binary}
+        set -- crier
+    fi
     case $1 in
     crier | crier-redis)
         if [ "$1" = crier-redis ]; then
@@ -32,7 +40,7 @@ start() {
             set -- crier
         fi
         shift
-        $crier serve --listen 127.0.0.1:17070 --max-connections 20000 "$@" 2>"$work/crier.log" &
+        $binary serve --listen 127.0.0.1:17070 --max-connections 20000 "$@" 2>"$work/crier.log" &
         PID=$!
         wait_port 17070
         ADDR=127.0.0.1:17070 TARGET=crier
@@ -88,7 +96,7 @@ run() {
     echo "$label $system: $(echo "$line" | head -c 300)"
 }
 
-systems=(crier crier-redis redis nats)
+read -r -a systems <<<"${SYSTEMS:-crier crier-redis redis nats}"
 for _ in $(seq "$runs"); do
     for system in "${systems[@]}"; do
         case $what in
@@ -109,6 +117,21 @@ for _ in $(seq "$runs"); do
         latency)
             for rate in 100 1000; do
                 run "latency-r$rate" "$system" --subscribers 1000 --rate "$rate" --duration 10
+            done
+            ;;
+        core)
+            for subs in 100 1000; do
+                run "fanout-s$subs-b64" "$system" --subscribers "$subs" --size 64 \
+                    --messages $((20000000 / subs)) --duration 30
+            done
+            # Four publishers, each on its own channel of 1,000 subscribers.
+            run "fanout-p4-c4-s4000-b64" "$system" --publishers 4 --channels 4 \
+                --subscribers 4000 --size 64 --messages 20000 --duration 30
+            ;;
+        partial)
+            for partial in "" --partial-line; do
+                run "conns-c5000${partial:+-partial}" "$system" --mode conns --conns 5000 \
+                    --hold 2 $partial
             done
             ;;
         conns)

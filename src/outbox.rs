@@ -256,59 +256,55 @@ impl Outbox {
     /// `flush`, whose owner writes it out at the end of its burst. Returns
     /// false when the connection no longer accepts output.
     pub fn push(self: &Arc<Self>, frame: Bytes, flush: &mut Flush) -> bool {
-        let state = self.state();
-        self.enqueue(state, frame, flush)
+        let accepted = self.state().accept(frame, self.max_pending);
+        self.accepted(accepted, flush)
     }
 
     /// Queues a reply and switches the push form in one step: every push
     /// queued after the reply is in `version`'s form.
     pub fn push_and_switch(self: &Arc<Self>, frame: Bytes, version: Version, flush: &mut Flush) {
-        let mut state = self.state();
-        state.version = version;
-        self.enqueue(state, frame, flush);
+        let accepted = {
+            let mut state = self.state();
+            state.version = version;
+            state.accept(frame, self.max_pending)
+        };
+        self.accepted(accepted, flush);
     }
 
     /// Delivers a message to a subscription: `frame` gives the message in a
     /// push form, chosen under the lock that orders the queue. Nothing is
     /// queued once `active` is false: a message fanned out from a snapshot
     /// taken before an `UNSUBSCRIBE` never follows its `CONFIRMED`.
+    #[inline]
     pub fn deliver(
         self: &Arc<Self>,
         active: &AtomicBool,
         frame: impl FnOnce(Version) -> Bytes,
         flush: &mut Flush,
     ) -> bool {
-        let state = self.state();
-        if !active.load(Ordering::Relaxed) {
-            return false;
-        }
-        let frame = frame(state.version);
-        self.enqueue(state, frame, flush)
+        let accepted = {
+            let mut state = self.state();
+            if !active.load(Ordering::Relaxed) {
+                return false;
+            }
+            let frame = frame(state.version);
+            state.accept(frame, self.max_pending)
+        };
+        self.accepted(accepted, flush)
     }
 
-    fn enqueue(
-        self: &Arc<Self>,
-        mut state: MutexGuard<'_, State>,
-        frame: Bytes,
-        flush: &mut Flush,
-    ) -> bool {
-        if state.status != Status::Open {
-            return false;
-        }
-        if state.pending + frame.len() > self.max_pending {
-            state.cut_off();
-            drop(state);
-            self.wake.notify_one();
-            return false;
-        }
-        // Otherwise someone is already due to write: an earlier producer's
-        // flush, the writer (which looks again when done), or a release.
-        let idle = state.queue.is_empty() && !state.writing;
-        state.pending += frame.len();
-        state.queue.push_back(Entry::Frame(frame));
-        drop(state);
-        if idle {
-            flush.add(self);
+    /// What a producer does once the lock is released: hand a newly busy
+    /// outbox to its flush, or wake the writer to report a cut-off.
+    #[inline]
+    fn accepted(self: &Arc<Self>, accepted: Accepted, flush: &mut Flush) -> bool {
+        match accepted {
+            Accepted::Idle => flush.add(self),
+            Accepted::Queued => {}
+            Accepted::Refused => return false,
+            Accepted::CutOff => {
+                self.wake.notify_one();
+                return false;
+            }
         }
         true
     }
@@ -349,7 +345,36 @@ impl Outbox {
     }
 }
 
+/// What became of a frame a producer offered.
+enum Accepted {
+    /// Queued on an outbox nobody was due to write: the producer flushes it.
+    Idle,
+    /// Queued behind frames someone is already due to write.
+    Queued,
+    /// The connection is closing or cut off.
+    Refused,
+    /// Over budget: this frame cut the connection off.
+    CutOff,
+}
+
 impl State {
+    #[inline]
+    fn accept(&mut self, frame: Bytes, max_pending: usize) -> Accepted {
+        if self.status != Status::Open {
+            return Accepted::Refused;
+        }
+        if self.pending + frame.len() > max_pending {
+            self.cut_off();
+            return Accepted::CutOff;
+        }
+        // Otherwise someone is already due to write: an earlier producer's
+        // flush, the writer (which looks again when done), or a release.
+        let idle = self.queue.is_empty() && !self.writing;
+        self.pending += frame.len();
+        self.queue.push_back(Entry::Frame(frame));
+        if idle { Accepted::Idle } else { Accepted::Queued }
+    }
+
     /// Moves the frames before the first hold into `batch` and marks the
     /// outbox as being written; false when there is nothing to take.
     fn take(&mut self, batch: &mut Batch) -> bool {
@@ -361,7 +386,10 @@ impl State {
             let before = self.queue.iter().position(|e| matches!(e, Entry::Hold)).unwrap_or(0);
             batch.entries.extend(self.queue.drain(..before));
         }
-        batch.bytes = batch.entries.iter().map(Entry::len).sum();
+        // With no writer, every pending byte is queued.
+        batch.bytes =
+            if self.holds == 0 { self.pending } else { batch.entries.iter().map(Entry::len).sum() };
+        debug_assert_eq!(batch.bytes, batch.entries.iter().map(Entry::len).sum::<usize>());
         self.writing = !batch.is_empty();
         self.writing
     }
@@ -478,6 +506,12 @@ impl Batch {
 
     fn advance(&mut self, mut written: usize) {
         debug_assert!(written <= self.bytes);
+        if written == self.bytes {
+            // The usual case: all of it went out.
+            self.entries.clear();
+            self.bytes = 0;
+            return;
+        }
         self.bytes -= written;
         while written > 0 {
             let Some(front) = self.entries.pop_front() else {

@@ -15,12 +15,12 @@ fn lines(input: &[u8], pieces: &[usize], max_line: usize) -> (Vec<Bytes>, Option
     let mut rest = input;
     let mut sizes = pieces.iter().cycle();
     while !rest.is_empty() {
-        let size = sizes.next().copied().unwrap_or(usize::MAX).clamp(1, rest.len());
+        let size = sizes.next().copied().unwrap_or(usize::MAX).clamp(1, rest.len().min(64 * 1024));
         let (piece, after) = rest.split_at(size);
         rest = after;
         reader
-            .read_with(|buf| {
-                buf.extend_from_slice(piece);
+            .read_with(|scratch| {
+                scratch[..piece.len()].copy_from_slice(piece);
                 Ok(piece.len())
             })
             .expect("in memory");

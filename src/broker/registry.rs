@@ -72,6 +72,9 @@ struct Patterns {
 pub struct Registry {
     channels: RwLock<HashMap<Bytes, Arc<Entry>>>,
     patterns: RwLock<Patterns>,
+    /// Whether any pattern is in use: most servers have none, and then a
+    /// publish does not look at the pattern index at all.
+    any_pattern: AtomicBool,
     /// Channels plus patterns in use, bounded by `max_topics` (`--max-channels`).
     topics: AtomicUsize,
     max_topics: usize,
@@ -82,6 +85,7 @@ impl Registry {
         Registry {
             channels: RwLock::default(),
             patterns: RwLock::default(),
+            any_pattern: AtomicBool::new(false),
             topics: AtomicUsize::new(0),
             max_topics,
         }
@@ -117,6 +121,7 @@ impl Registry {
                     Some((name, entry)) => (name.clone(), Arc::clone(entry)),
                     None => {
                         self.count_new_topic()?;
+                        self.any_pattern.store(true, Ordering::Release);
                         (topic.name.clone(), patterns.insert(topic.name))
                     }
                 };
@@ -150,6 +155,7 @@ impl Registry {
                 if left == 0 {
                     patterns.remove(&topic.name);
                     self.topics.fetch_sub(1, Ordering::Relaxed);
+                    self.any_pattern.store(!patterns.by_name.is_empty(), Ordering::Release);
                 }
                 left
             }
@@ -187,6 +193,9 @@ impl Registry {
         let mut frames = Frames::new(channel, payload);
         let named = read(&self.channels).get(channel).cloned();
         let mut delivered = named.map_or(0, |entry| frames.deliver(None, &entry.snapshot(), flush));
+        if !self.any_pattern.load(Ordering::Acquire) {
+            return delivered;
+        }
         // Collected first: the index's read guard must not live through the fan-out.
         let matching = read(&self.patterns).matching(channel);
         for (pattern, entry) in matching {

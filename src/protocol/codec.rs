@@ -13,43 +13,60 @@ pub enum FrameError {
     LineTooLong,
 }
 
-/// Smallest and largest read: a read that fills its buffer doubles the next
-/// one (a client pipelining commands is read in large bursts, whose
-/// deliveries go out in one write per subscriber); one that does not goes
-/// back to the smallest.
-const MIN_READ: usize = 4 * 1024;
+/// Largest read: the commands of one read are one burst, whose deliveries go
+/// out in one write per subscriber, so a large read means fewer syscalls
+/// under load.
 const MAX_READ: usize = 64 * 1024;
+
+/// Slack a buffer may keep beyond twice what it holds before it is copied
+/// into a smaller one.
+const SLACK: usize = 4 * 1024;
+
+thread_local! {
+    /// Where every read lands first: one buffer per thread, so that reads can
+    /// be large while each connection keeps only the bytes it was sent.
+    static SCRATCH: std::cell::RefCell<Box<[u8]>> =
+        std::cell::RefCell::new(vec![0; MAX_READ].into_boxed_slice());
+}
 
 /// Splits the inbound byte stream into command lines. It holds what the
 /// client actually sent: nothing when idle, about the bytes of a partial line
-/// otherwise (at most [`MIN_READ`] more), and it scans each byte for LF once,
-/// however small the pieces a long line arrives in.
+/// otherwise, and it scans each byte for LF once, however small the pieces
+/// a long line arrives in.
 #[derive(Debug)]
 pub struct LineReader {
     buf: BytesMut,
     /// Bytes at the start of `buf` known to hold no LF.
     scanned: usize,
-    /// What the next read asks for.
-    read_size: usize,
+    /// Size of the allocation behind `buf`: lines split off its front keep
+    /// it alive, and `capacity()` does not count them.
+    backing: usize,
     max_line: usize,
 }
 
 impl LineReader {
     pub fn new(max_line: usize) -> LineReader {
-        LineReader { buf: BytesMut::new(), scanned: 0, read_size: MIN_READ, max_line }
+        LineReader { buf: BytesMut::new(), scanned: 0, backing: 0, max_line }
     }
 
-    /// Reads once with `read`, which appends to the buffer it is given (for
-    /// a socket: `try_read_buf`); returns what `read` returned.
+    /// Reads once with `read` (for a socket: `try_read`) into the thread's
+    /// scratch buffer, then keeps what arrived; returns what `read` returned.
     pub fn read_with(
         &mut self,
-        read: impl FnOnce(&mut BytesMut) -> std::io::Result<usize>,
+        read: impl FnOnce(&mut [u8]) -> std::io::Result<usize>,
     ) -> std::io::Result<usize> {
-        self.buf.reserve(self.read_size);
-        let room = self.buf.capacity() - self.buf.len();
-        let read = read(&mut self.buf)?;
-        self.read_size = if read >= room { (self.read_size * 2).min(MAX_READ) } else { MIN_READ };
-        Ok(read)
+        SCRATCH.with_borrow_mut(|scratch| {
+            let read = read(scratch)?;
+            let arrived = &scratch[..read.min(scratch.len())];
+            if self.buf.is_empty() {
+                self.buf = BytesMut::from(arrived);
+                self.backing = arrived.len();
+            } else {
+                self.buf.extend_from_slice(arrived);
+                self.backing = self.backing.max(self.buf.capacity());
+            }
+            Ok(read)
+        })
     }
 
     /// Takes the next complete line, without its LF or CRLF.
@@ -84,19 +101,21 @@ impl LineReader {
         Ok(Some(line.freeze()))
     }
 
-    /// Gives memory back between reads: all of it when nothing is buffered,
-    /// all but the partial line when reads have slowed down.
+    /// Gives memory back between reads: all of it when nothing is buffered;
+    /// when a partial line is left at the end of a large read, all but it.
     fn shrink(&mut self) {
         if self.buf.is_empty() {
             self.buf = BytesMut::new();
-        } else if self.read_size == MIN_READ && self.buf.capacity() > self.buf.len() + MIN_READ {
+            self.backing = 0;
+        } else if self.backing > 2 * self.buf.len() + SLACK {
             self.buf = BytesMut::from(&self.buf[..]);
+            self.backing = self.buf.len();
         }
     }
 
     /// Bytes of memory the buffer holds (for tests and benchmarks).
     pub fn capacity(&self) -> usize {
-        self.buf.capacity()
+        self.backing.max(self.buf.capacity())
     }
 }
 
@@ -150,14 +169,18 @@ fn push_v2(pattern: Option<&[u8]>, channel: &[u8], payload: &[u8]) -> Bytes {
 mod tests {
     use super::*;
 
+    /// One read of `piece` (at most `MAX_READ` bytes), as from a socket.
+    fn feed(reader: &mut LineReader, piece: &[u8]) {
+        let read = reader.read_with(|scratch| {
+            scratch[..piece.len()].copy_from_slice(piece);
+            Ok(piece.len())
+        });
+        assert_eq!(read.expect("in memory"), piece.len());
+    }
+
     fn lines(input: &[u8], max: usize) -> Vec<Result<Option<Bytes>, FrameError>> {
         let mut reader = LineReader::new(max);
-        reader
-            .read_with(|buf| {
-                buf.extend_from_slice(input);
-                Ok(input.len())
-            })
-            .expect("in memory");
+        feed(&mut reader, input);
         let mut out = Vec::new();
         loop {
             let next = reader.next_line();
@@ -200,14 +223,9 @@ mod tests {
             if rest.is_empty() {
                 break;
             }
-            let (piece, after) = rest.split_at(size.clamp(1, rest.len()));
+            let (piece, after) = rest.split_at(size.clamp(1, rest.len().min(MAX_READ)));
             rest = after;
-            reader
-                .read_with(|buf| {
-                    buf.extend_from_slice(piece);
-                    Ok(piece.len())
-                })
-                .expect("in memory");
+            feed(reader, piece);
             while let Ok(Some(line)) = reader.next_line() {
                 out.push(line);
             }
@@ -220,11 +238,12 @@ mod tests {
         let mut reader = LineReader::new(64 * 1024);
         assert!(in_pieces(b"x", &[1], &mut reader).is_empty());
         assert!(reader.capacity() <= 8 * 1024, "one byte holds {} bytes", reader.capacity());
-        // After a burst read in one piece, a trailing partial line keeps only
-        // about its own bytes once the client slows down.
+        // After a burst of large reads, a trailing partial line keeps only
+        // about its own bytes.
         let mut reader = LineReader::new(64 * 1024);
-        let burst = [b"PING\r\n".repeat(40_000), b"PUB".to_vec()].concat();
-        assert_eq!(in_pieces(&burst, &[usize::MAX], &mut reader).len(), 40_000);
+        let burst = [b"PING\r\n".repeat(10_000), b"PUB".to_vec()].concat();
+        assert_eq!(in_pieces(&burst, &[64 * 1024], &mut reader).len(), 10_000);
+        assert!(reader.capacity() <= 8 * 1024, "after a burst: {} bytes", reader.capacity());
         assert!(in_pieces(b"L", &[1], &mut reader).is_empty());
         assert!(reader.capacity() <= 8 * 1024, "a partial line holds {} bytes", reader.capacity());
         assert_eq!(in_pieces(b"ISH a b\n", &[1], &mut reader), [Bytes::from("PUBLISH a b")]);

@@ -86,7 +86,7 @@ async fn read<B: Broker>(
                 return false;
             }
         }
-        match reader.read_with(|buf| socket.try_read_buf(buf)) {
+        match reader.read_with(|scratch| socket.try_read(scratch)) {
             Ok(0) => {
                 cause.set(Closed::ClientClosed);
                 return false;
