@@ -19,9 +19,9 @@
 //!   known yet (a `SUBSCRIBE` waiting for Redis). Nothing is written past it
 //!   until `release` puts the reply in its place, so a subscriber sees
 //!   `CONFIRMED` before the first message of its channel;
-//! - the unwritten rest of a frame the client has begun to receive is an
-//!   [`Entry::Rest`]: the one entry a cut-off never drops, so the error line
-//!   that follows starts on a frame boundary;
+//! - the unwritten rest of a frame the client has begun to receive has its
+//!   own slot ahead of the queue (`rest`): the one thing a cut-off never
+//!   drops, so the error line that follows starts on a frame boundary;
 //! - the push form (`HELLO`) is state under the same lock that orders the
 //!   queue, so every push after a `HELLO` reply is in the new form.
 //!
@@ -84,16 +84,20 @@ impl<S: ?Sized + Sink> std::fmt::Debug for Outbox<S> {
     }
 }
 
-/// One place in the queue; see the module documentation.
+/// One place in the queue; see the module documentation. As small as a
+/// `Bytes` (the hold takes the niche), which the queues' churn under load
+/// makes worth keeping.
 #[derive(Debug)]
 enum Entry {
     Frame(Bytes),
-    Rest(Bytes),
     Hold,
 }
 
 #[derive(Debug)]
 struct State {
+    /// The unwritten rest of a frame the client has begun to receive: it
+    /// goes out before the queue.
+    rest: Option<Bytes>,
     queue: VecDeque<Entry>,
     /// Bytes queued plus bytes taken by a writer and not yet written.
     pending: usize,
@@ -130,6 +134,8 @@ pub enum Next {
 /// Frames taken from an outbox by one writer, in order.
 #[derive(Debug, Default)]
 pub struct Batch {
+    /// A frame partly written: what is left of it.
+    rest: Option<Bytes>,
     entries: VecDeque<Entry>,
     bytes: usize,
 }
@@ -138,6 +144,7 @@ impl<S: Sink> Outbox<S> {
     /// An outbox writing into `sink`.
     pub fn new(id: ConnId, max_pending: usize, sink: S) -> Arc<Outbox<S>> {
         let state = State {
+            rest: None,
             queue: VecDeque::new(),
             pending: 0,
             holds: 0,
@@ -221,7 +228,7 @@ impl<S: ?Sized + Sink> Outbox<S> {
                             state.take(batch);
                             return Next::CutOff;
                         }
-                        Status::Closing if state.queue.is_empty() => return Next::Closed,
+                        Status::Closing if state.is_empty() => return Next::Closed,
                         _ => {}
                     }
                     if state.take(batch) {
@@ -333,10 +340,12 @@ impl Outbox {
             state.pending -= left - batch.bytes;
         }
         if !batch.is_empty() {
+            debug_assert!(state.rest.is_none());
+            state.rest = batch.rest;
             batch.entries.append(&mut state.queue);
             state.queue = batch.entries;
         }
-        let writer_needed = !state.queue.is_empty() || state.status != Status::Open;
+        let writer_needed = !state.is_empty() || state.status != Status::Open;
         state.check();
         drop(state);
         if writer_needed {
@@ -369,27 +378,34 @@ impl State {
         }
         // Otherwise someone is already due to write: an earlier producer's
         // flush, the writer (which looks again when done), or a release.
-        let idle = self.queue.is_empty() && !self.writing;
+        let idle = self.is_empty() && !self.writing;
         self.pending += frame.len();
         self.queue.push_back(Entry::Frame(frame));
         if idle { Accepted::Idle } else { Accepted::Queued }
     }
 
-    /// Moves the frames before the first hold into `batch` and marks the
-    /// outbox as being written; false when there is nothing to take.
+    /// Nothing to write: no rest, no frame, no hold.
+    fn is_empty(&self) -> bool {
+        self.rest.is_none() && self.queue.is_empty()
+    }
+
+    /// Moves the rest and the frames before the first hold into `batch` and
+    /// marks the outbox as being written; false when there is nothing to take.
     fn take(&mut self, batch: &mut Batch) -> bool {
         debug_assert!(!self.writing && batch.is_empty());
+        batch.rest = self.rest.take();
         if self.holds == 0 {
             // Taken, not copied: an idle connection keeps no queue allocation.
             batch.entries = std::mem::take(&mut self.queue);
+            // With no writer, every pending byte is queued.
+            batch.bytes = self.pending;
         } else {
             let before = self.queue.iter().position(|e| matches!(e, Entry::Hold)).unwrap_or(0);
             batch.entries.extend(self.queue.drain(..before));
+            batch.bytes = batch.rest.as_ref().map_or(0, Bytes::len)
+                + batch.entries.iter().map(Entry::len).sum::<usize>();
         }
-        // With no writer, every pending byte is queued.
-        batch.bytes =
-            if self.holds == 0 { self.pending } else { batch.entries.iter().map(Entry::len).sum() };
-        debug_assert_eq!(batch.bytes, batch.entries.iter().map(Entry::len).sum::<usize>());
+        debug_assert_eq!(batch.bytes, batch.frames().map(<[u8]>::len).sum::<usize>());
         self.writing = !batch.is_empty();
         self.writing
     }
@@ -398,13 +414,8 @@ impl State {
     /// already begun (at the front, when no writer holds it).
     fn cut_off(&mut self) {
         self.status = Status::CutOff;
-        let rest = match self.queue.front() {
-            Some(Entry::Rest(_)) => self.queue.pop_front(),
-            _ => None,
-        };
         self.pending -= self.queue.iter().map(Entry::len).sum::<usize>();
         self.queue.clear();
-        self.queue.extend(rest);
         self.holds = 0;
         self.check();
     }
@@ -415,15 +426,16 @@ impl State {
             self.holds,
             self.queue.iter().filter(|e| matches!(e, Entry::Hold)).count()
         );
-        debug_assert!(self.queue.iter().skip(1).all(|e| !matches!(e, Entry::Rest(_))));
-        debug_assert!(self.pending >= self.queue.iter().map(Entry::len).sum::<usize>());
+        let queued = self.rest.as_ref().map_or(0, Bytes::len)
+            + self.queue.iter().map(Entry::len).sum::<usize>();
+        debug_assert!(self.pending >= queued);
     }
 }
 
 impl Entry {
     fn bytes(&self) -> &[u8] {
         match self {
-            Entry::Frame(frame) | Entry::Rest(frame) => frame,
+            Entry::Frame(frame) => frame,
             Entry::Hold => {
                 debug_assert!(false, "a hold is never taken into a batch");
                 &[]
@@ -433,7 +445,7 @@ impl Entry {
 
     fn len(&self) -> usize {
         match self {
-            Entry::Frame(frame) | Entry::Rest(frame) => frame.len(),
+            Entry::Frame(frame) => frame.len(),
             Entry::Hold => 0,
         }
     }
@@ -442,11 +454,11 @@ impl Entry {
 impl Batch {
     /// A batch holding one frame (the last line before a cut-off, a rejection).
     pub fn of(frame: Bytes) -> Batch {
-        Batch { bytes: frame.len(), entries: VecDeque::from([Entry::Frame(frame)]) }
+        Batch { bytes: frame.len(), rest: None, entries: VecDeque::from([Entry::Frame(frame)]) }
     }
 
     pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
+        self.rest.is_none() && self.entries.is_empty()
     }
 
     /// Bytes left to write.
@@ -456,14 +468,13 @@ impl Batch {
 
     /// The frames left, in order (a partly written one as its rest).
     pub fn frames(&self) -> impl Iterator<Item = &[u8]> {
-        self.entries.iter().map(Entry::bytes)
+        self.rest.as_deref().into_iter().chain(self.entries.iter().map(Entry::bytes))
     }
 
     /// Drops every frame but the rest of one the client has begun to receive.
     pub fn keep_rest(&mut self) {
-        let keep = usize::from(matches!(self.entries.front(), Some(Entry::Rest(_))));
-        self.entries.truncate(keep);
-        self.bytes = self.entries.iter().map(Entry::len).sum();
+        self.entries.clear();
+        self.bytes = self.rest.as_ref().map_or(0, Bytes::len);
     }
 
     /// Appends a frame (the error line after a cut-off).
@@ -491,7 +502,7 @@ impl Batch {
     /// heap array, so that no call pays for more slices than it sends.
     fn write_once<S: ?Sized + Sink>(&self, sink: &S) -> io::Result<usize> {
         const ON_STACK: usize = 8;
-        let count = self.entries.len().min(MAX_SLICES);
+        let count = (usize::from(self.rest.is_some()) + self.entries.len()).min(MAX_SLICES);
         if count <= ON_STACK {
             let mut slices = [IoSlice::new(&[]); ON_STACK];
             for (slice, frame) in slices.iter_mut().zip(self.frames()) {
@@ -508,25 +519,29 @@ impl Batch {
         debug_assert!(written <= self.bytes);
         if written == self.bytes {
             // The usual case: all of it went out.
+            self.rest = None;
             self.entries.clear();
             self.bytes = 0;
             return;
         }
         self.bytes -= written;
+        let mut front = self.rest.take();
         while written > 0 {
-            let Some(front) = self.entries.pop_front() else {
-                return;
-            };
-            let frame = match front {
-                Entry::Frame(frame) | Entry::Rest(frame) => frame,
-                Entry::Hold => continue,
+            let frame = match front.take() {
+                Some(frame) => frame,
+                None => match self.entries.pop_front() {
+                    Some(Entry::Frame(frame)) => frame,
+                    Some(Entry::Hold) => continue,
+                    None => return,
+                },
             };
             if written < frame.len() {
-                self.entries.push_front(Entry::Rest(frame.slice(written..)));
+                self.rest = Some(frame.slice(written..));
                 return;
             }
             written -= frame.len();
         }
+        self.rest = front;
     }
 }
 
@@ -629,6 +644,11 @@ mod tests {
         let mut batch = Batch::default();
         let next = outbox.next(&mut batch).await;
         (next, batch.frames().map(<[u8]>::to_vec).collect())
+    }
+
+    #[test]
+    fn a_queue_entry_is_as_small_as_a_frame() {
+        assert_eq!(std::mem::size_of::<Entry>(), std::mem::size_of::<Bytes>());
     }
 
     #[tokio::test]
