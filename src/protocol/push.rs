@@ -50,7 +50,7 @@ impl std::error::Error for MalformedPush {}
 /// payload which merely begins with `MESSAGE` stays a line. Lines end with LF,
 /// and a CR before it is not part of the line.
 pub fn parse(buf: &[u8]) -> Result<Option<(Frame, usize)>, MalformedPush> {
-    let Some(lf) = buf.iter().position(|&b| b == b'\n') else {
+    let Some(lf) = memchr::memchr(b'\n', buf) else {
         return Ok(None);
     };
     let end = if lf > 0 && buf[lf - 1] == b'\r' { lf - 1 } else { lf };
