@@ -144,7 +144,9 @@ async fn write_loop(outbox: &Outbox<TcpSink>, closed: &CancellationToken, cause:
         let stop = match outbox.next(&mut batch).await {
             Next::Write => {
                 let bytes = batch.bytes();
-                match write(outbox, &mut batch, closed).await {
+                // Boxed: the select it awaits is large, and only a blocked
+                // write needs it; every idle connection would carry it.
+                match Box::pin(write(outbox, &mut batch, closed)).await {
                     Ok(()) => {
                         outbox.written(bytes);
                         // An idle connection keeps no queue allocation.
