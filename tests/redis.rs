@@ -267,3 +267,25 @@ fn a_slow_consumer_cut_while_its_subscribes_wait_for_redis_leaves_nothing_behind
     assert_eq!(redis.publish(b"w1", b"fine"), 1);
     next.expect_line(b"fine");
 }
+
+#[test]
+fn the_publishing_connection_comes_back_after_redis_drops_it() {
+    // Redis's `timeout`, a load balancer or a NAT can cut the idle publishing
+    // connection alone; the first version then answered every PUBLISH with
+    // `ERR backend unavailable` for good.
+    let redis = Redis::start();
+    let server = node(&redis);
+    let mut subscriber = server.connect();
+    subscriber.command("SUBSCRIBE news", "CONFIRMED");
+    let mut publisher = server.connect();
+    publisher.command("PUBLISH news one", "CONFIRMED");
+    subscriber.expect_line(b"one");
+    // Every normal client: crier's publishing connection, not its
+    // subscription connection (and not the one that sends this).
+    let killed = redis.command(&[b"CLIENT", b"KILL", b"TYPE", b"normal"]);
+    assert_eq!(killed, b":1\r\n", "exactly crier's publishing connection");
+    publisher.command("PUBLISH news lost", "ERR backend unavailable");
+    server.wait_log("redis: publishing connection restored");
+    publisher.command("PUBLISH news two", "CONFIRMED");
+    subscriber.expect_line(b"two");
+}

@@ -131,7 +131,13 @@ impl Broker for RedisBroker {
         match tokio::time::timeout(REDIS_TIMEOUT, publish.query_async::<i64>(&mut connection)).await
         {
             Ok(Ok(_receivers)) => Ok(()),
-            _ => Err(Error::BackendUnavailable),
+            _ => {
+                // Dropped (Redis's `timeout`, `CLIENT KILL`, a proxy or NAT
+                // cutting an idle flow) or silent: the subscriber task opens a
+                // new one at its next health check.
+                *self.publisher.write().unwrap_or_else(|poisoned| poisoned.into_inner()) = None;
+                Err(Error::BackendUnavailable)
+            }
         }
     }
 
@@ -248,6 +254,25 @@ impl Subscriber {
         Ok(Link { sink, reader })
     }
 
+    /// Redis answers, but the publishing connection was found broken: opens
+    /// a new one (publishes fail at once meanwhile).
+    async fn restore_publisher(&self) {
+        if self.publisher.read().unwrap_or_else(|poisoned| poisoned.into_inner()).is_some() {
+            return;
+        }
+        let connect = self.client.get_multiplexed_async_connection();
+        match tokio::time::timeout(REDIS_TIMEOUT, connect).await {
+            Ok(Ok(publisher)) => {
+                self.set_publisher(Some(publisher));
+                tracing::info!("redis: publishing connection restored");
+            }
+            Ok(Err(error)) => {
+                tracing::warn!("redis: cannot reopen the publishing connection: {error}")
+            }
+            Err(_) => tracing::warn!("redis: cannot reopen the publishing connection: timed out"),
+        }
+    }
+
     fn set_publisher(&self, publisher: Option<MultiplexedConnection>) {
         *self.publisher.write().unwrap_or_else(|poisoned| poisoned.into_inner()) = publisher;
     }
@@ -266,7 +291,10 @@ impl Subscriber {
                 _ = health.tick() => {
                     let ping = link.sink.ping::<redis::Value>();
                     match tokio::time::timeout(REDIS_TIMEOUT, ping).await {
-                        Ok(Ok(_)) => continue,
+                        Ok(Ok(_)) => {
+                            self.restore_publisher().await;
+                            continue;
+                        }
                         _ => return Err(Lost),
                     }
                 }

@@ -21,6 +21,10 @@ const KEEPALIVE_IDLE: std::time::Duration = std::time::Duration::from_secs(60);
 const KEEPALIVE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(10);
 const KEEPALIVE_PROBES: u32 = 6;
 
+/// Connections over `--max-connections` being told `ERR server full` at once
+/// (each for at most `GRACE`).
+const MAX_REJECTING: usize = 64;
+
 /// Serves clients on `listener` until `shutdown` is cancelled.
 pub async fn serve<B: Broker>(
     listener: TcpListener,
@@ -29,6 +33,7 @@ pub async fn serve<B: Broker>(
     shutdown: CancellationToken,
 ) {
     let slots = Arc::new(Semaphore::new(config.max_connections));
+    let rejecting = Arc::new(Semaphore::new(MAX_REJECTING));
     let ids = AtomicU64::new(1);
     loop {
         let accepted = tokio::select! {
@@ -64,10 +69,15 @@ pub async fn serve<B: Broker>(
                 });
             }
             Err(_) => {
-                tokio::spawn(async move {
-                    reject(stream).await;
-                    tracing::debug!(%peer, reason = %Closed::ServerFull, "connection closed");
-                });
+                // A flood over the limit must not grow a task per connection:
+                // past MAX_REJECTING at once, the socket is just closed.
+                if let Ok(permit) = Arc::clone(&rejecting).try_acquire_owned() {
+                    tokio::spawn(async move {
+                        reject(stream).await;
+                        drop(permit);
+                    });
+                }
+                tracing::debug!(%peer, reason = %Closed::ServerFull, "connection closed");
             }
         }
     }
