@@ -26,6 +26,7 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     raise_open_files_limit();
+    crate::sys::keep_freed_heap();
     let config = Arc::new(config);
     match &config.redis {
         None => {
