@@ -73,6 +73,9 @@ pub struct Outbox<S: ?Sized + Sink = dyn Sink> {
     id: ConnId,
     max_pending: usize,
     state: Mutex<State>,
+    /// Set once with the status `CutOff`: what a writer blocked on its socket
+    /// watches, without taking the lock producers are busy with.
+    cut: AtomicBool,
     /// Wakes the connection's writer.
     wake: Notify,
     sink: S,
@@ -108,6 +111,9 @@ struct State {
     writing: bool,
     version: Version,
     status: Status,
+    /// The connection has ended a subscription: deliveries must check that
+    /// theirs is still active (see `deliver`).
+    unsubscribed: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -151,8 +157,17 @@ impl<S: Sink> Outbox<S> {
             writing: false,
             version: Version::V1,
             status: Status::Open,
+            unsubscribed: false,
         };
-        Arc::new(Outbox { id, max_pending, state: Mutex::new(state), wake: Notify::new(), sink })
+        let cut = AtomicBool::new(false);
+        Arc::new(Outbox {
+            id,
+            max_pending,
+            state: Mutex::new(state),
+            cut,
+            wake: Notify::new(),
+            sink,
+        })
     }
 }
 
@@ -252,7 +267,7 @@ impl<S: ?Sized + Sink> Outbox<S> {
     /// waits on it beside any wait for its transport, so a client that stops
     /// reading is cut off even while a write to it is blocked.
     pub async fn cut_off(&self) {
-        while self.state().status != Status::CutOff {
+        while !self.cut.load(Ordering::Acquire) {
             self.wake.notified().await;
         }
     }
@@ -281,7 +296,9 @@ impl Outbox {
     /// Delivers a message to a subscription: `frame` gives the message in a
     /// push form, chosen under the lock that orders the queue. Nothing is
     /// queued once `active` is false: a message fanned out from a snapshot
-    /// taken before an `UNSUBSCRIBE` never follows its `CONFIRMED`.
+    /// taken before an `UNSUBSCRIBE` never follows its `CONFIRMED`. The flag
+    /// is only read once the connection has unsubscribed from something
+    /// ([`Outbox::unsubscribed`]), which most never do.
     #[inline]
     pub fn deliver(
         self: &Arc<Self>,
@@ -291,13 +308,20 @@ impl Outbox {
     ) -> bool {
         let accepted = {
             let mut state = self.state();
-            if !active.load(Ordering::Relaxed) {
+            if state.unsubscribed && !active.load(Ordering::Relaxed) {
                 return false;
             }
             let frame = frame(state.version);
             state.accept(frame, self.max_pending)
         };
         self.accepted(accepted, flush)
+    }
+
+    /// Called when one of this connection's subscriptions ends, after its
+    /// flag is cleared and before the reply is queued: from then on every
+    /// delivery checks its subscription's flag.
+    pub fn unsubscribed(&self) {
+        self.state().unsubscribed = true;
     }
 
     /// What a producer does once the lock is released: hand a newly busy
@@ -309,6 +333,7 @@ impl Outbox {
             Accepted::Queued => {}
             Accepted::Refused => return false,
             Accepted::CutOff => {
+                self.cut.store(true, Ordering::Release);
                 self.wake.notify_one();
                 return false;
             }
@@ -719,6 +744,7 @@ mod tests {
         outbox.push_and_switch(Bytes::from("CONFIRMED"), Version::V2, &mut flush);
         assert!(outbox.deliver(&active, form, &mut flush));
         active.store(false, Ordering::Relaxed);
+        outbox.unsubscribed();
         assert!(!outbox.deliver(&active, form, &mut flush), "an ended subscription");
         let frames = take(&outbox).await.1;
         assert_eq!(frames, [b"v1".to_vec(), b"CONFIRMED".to_vec(), b"v2".to_vec()]);
