@@ -477,11 +477,6 @@ impl Entry {
 }
 
 impl Batch {
-    /// A batch holding one frame (the last line before a cut-off, a rejection).
-    pub fn of(frame: Bytes) -> Batch {
-        Batch { bytes: frame.len(), rest: None, entries: VecDeque::from([Entry::Frame(frame)]) }
-    }
-
     pub fn is_empty(&self) -> bool {
         self.rest.is_none() && self.entries.is_empty()
     }

@@ -168,10 +168,10 @@ impl Registry {
     /// Delivers to the subscribers of `channel` by name only (a Redis `message`).
     /// Like every delivery, it queues: the caller runs `flush` when its burst ends.
     pub fn deliver_channel(&self, channel: &[u8], payload: &[u8], flush: &mut Flush) -> usize {
-        let Some(entry) = read(&self.channels).get(channel).cloned() else {
+        let Some(snapshot) = read(&self.channels).get(channel).map(|e| e.snapshot()) else {
             return 0;
         };
-        Frames::new(channel, payload).deliver(None, &entry.snapshot(), flush)
+        Frames::new(channel, payload).deliver(None, &snapshot, flush)
     }
 
     /// Delivers to the subscribers of `pattern` only (a Redis `pmessage`).
@@ -182,10 +182,10 @@ impl Registry {
         payload: &[u8],
         flush: &mut Flush,
     ) -> usize {
-        let Some(entry) = read(&self.patterns).by_name.get(pattern).cloned() else {
+        let Some(snapshot) = read(&self.patterns).by_name.get(pattern).map(|e| e.snapshot()) else {
             return 0;
         };
-        Frames::new(channel, payload).deliver(Some(pattern), &entry.snapshot(), flush)
+        Frames::new(channel, payload).deliver(Some(pattern), &snapshot, flush)
     }
 
     /// Delivers to the subscribers of `channel` and of every matching pattern
@@ -194,8 +194,11 @@ impl Registry {
         // One set of frames for the whole publish: the v1 frame does not
         // depend on who matched, so it is encoded once for names and patterns.
         let mut frames = Frames::new(channel, payload);
-        let named = read(&self.channels).get(channel).cloned();
-        let mut delivered = named.map_or(0, |entry| frames.deliver(None, &entry.snapshot(), flush));
+        // The snapshot is taken under the map's read lock (the entry's mutex
+        // nests inside it, as in `add` and `remove`), which is released before
+        // the fan-out: one reference taken per publish, not two.
+        let named = read(&self.channels).get(channel).map(|entry| entry.snapshot());
+        let mut delivered = named.map_or(0, |snapshot| frames.deliver(None, &snapshot, flush));
         if !self.any_pattern.load(Ordering::Acquire) {
             return delivered;
         }

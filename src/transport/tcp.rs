@@ -195,8 +195,7 @@ async fn write(
         _ = outbox.cut_off() => return Err(Stop::CutOff),
         _ = closed.cancelled() => {}
     }
-    // Boxed: the timer is large and only closing connections need it.
-    match Box::pin(tokio::time::timeout(GRACE, write_all(sink, batch))).await {
+    match tokio::time::timeout(GRACE, write_all(sink, batch)).await {
         Ok(written) => written.map_err(|_| Stop::Failed),
         Err(_) => Err(Stop::Failed),
     }

@@ -133,7 +133,10 @@ pub struct Client {
 
 impl Client {
     pub fn connect(addr: SocketAddr) -> Client {
-        let stream = TcpStream::connect(addr).expect("connect to crier");
+        Client::over(TcpStream::connect(addr).expect("connect to crier"))
+    }
+
+    fn over(stream: TcpStream) -> Client {
         stream.set_read_timeout(Some(DEADLINE)).unwrap();
         stream.set_nodelay(true).unwrap();
         Client { reader: BufReader::with_capacity(64 * 1024, stream) }
@@ -147,10 +150,7 @@ impl Client {
             .expect("socket");
         socket.set_recv_buffer_size(bytes).expect("SO_RCVBUF");
         socket.connect(&addr.into()).expect("connect to crier");
-        let stream: TcpStream = socket.into();
-        stream.set_read_timeout(Some(DEADLINE)).unwrap();
-        stream.set_nodelay(true).unwrap();
-        Client { reader: BufReader::with_capacity(64 * 1024, stream) }
+        Client::over(socket.into())
     }
 
     /// Everything the server sends until it closes the connection; panics
