@@ -5,7 +5,7 @@ use bytes::Bytes;
 use crier::broker::glob::Glob;
 use crier::broker::{Registry, Topic};
 use crier::outbox::{Batch, Deferred, Flush, Outbox};
-use crier::protocol::{Command, codec};
+use crier::protocol::{Command, Framing, codec};
 use divan::{Bencher, black_box};
 use std::sync::Arc;
 
@@ -52,7 +52,7 @@ fn registry_fan_out(bencher: Bencher, subscribers: usize) {
     let registry = Registry::new(usize::MAX);
     let topic = Topic::channel(Bytes::from_static(b"fan"));
     let outboxes: Vec<Arc<Outbox>> = (0..subscribers as u64)
-        .map(|id| Outbox::new(id, usize::MAX, Deferred) as Arc<Outbox>)
+        .map(|id| Outbox::new(id, usize::MAX, Framing::Line, Deferred) as Arc<Outbox>)
         .collect();
     for outbox in &outboxes {
         registry.add(topic.clone(), outbox).expect("under the limit");
@@ -76,7 +76,7 @@ fn registry_fan_out(bencher: Bencher, subscribers: usize) {
 #[divan::bench(args = [10, 1000, 10000])]
 fn publish_past_patterns(bencher: Bencher, patterns: usize) {
     let registry = Registry::new(usize::MAX);
-    let outbox: Arc<Outbox> = Outbox::new(1, usize::MAX, Deferred);
+    let outbox: Arc<Outbox> = Outbox::new(1, usize::MAX, Framing::Line, Deferred);
     for i in 0..patterns {
         let topic = Topic::pattern(Bytes::from(format!("user.{i}.*")));
         registry.add(topic, &outbox).expect("under the limit");

@@ -10,6 +10,8 @@ use std::path::PathBuf;
 
 /// Default listen address: loopback only, so that a first run exposes nothing.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:7070";
+/// Default HTTP address (the web page, WebSocket, SSE, publish, metrics).
+pub const DEFAULT_HTTP: &str = "127.0.0.1:7080";
 
 /// `crier serve` flags. Every value is optional here so that the config file
 /// can fill what neither a flag nor the environment set.
@@ -21,6 +23,18 @@ pub struct ServeArgs {
     /// Address to listen on [default: 127.0.0.1:7070].
     #[arg(long, env = "CRIER_LISTEN")]
     pub listen: Option<SocketAddr>,
+    /// HTTP address: the web page, /ws, /sse, POST /publish, /healthz, /readyz, /metrics [default: 127.0.0.1:7080].
+    #[arg(long, env = "CRIER_HTTP")]
+    pub http: Option<SocketAddr>,
+    /// Do not listen for HTTP at all (`--no-http`, or `--no-http true`).
+    #[arg(long, env = "CRIER_NO_HTTP", num_args = 0..=1, default_missing_value = "true")]
+    pub no_http: Option<bool>,
+    /// Largest POST /publish body in bytes [default: 1048576].
+    #[arg(long, env = "CRIER_MAX_PAYLOAD")]
+    pub max_payload: Option<usize>,
+    /// Seconds /readyz answers 503 after SIGTERM before connections are closed [default: 0].
+    #[arg(long, env = "CRIER_SHUTDOWN_DELAY")]
+    pub shutdown_delay: Option<f64>,
     /// Use Redis Pub/Sub as the backend (redis://[user:pass@]host:port[/db] or rediss://).
     #[arg(long, env = "CRIER_REDIS")]
     pub redis: Option<String>,
@@ -52,6 +66,10 @@ pub struct ServeArgs {
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 struct FileConfig {
     listen: Option<SocketAddr>,
+    http: Option<SocketAddr>,
+    no_http: Option<bool>,
+    max_payload: Option<usize>,
+    shutdown_delay: Option<f64>,
     redis: Option<String>,
     default_channel: Option<String>,
     max_line: Option<usize>,
@@ -66,6 +84,10 @@ struct FileConfig {
 #[derive(Debug, Clone)]
 pub struct Config {
     pub listen: SocketAddr,
+    /// `None` with `--no-http`.
+    pub http: Option<SocketAddr>,
+    pub max_payload: usize,
+    pub shutdown_delay: std::time::Duration,
     pub redis: Option<String>,
     pub default_channel: Bytes,
     pub max_line: usize,
@@ -80,6 +102,9 @@ impl Default for Config {
     fn default() -> Config {
         Config {
             listen: SocketAddr::from(([127, 0, 0, 1], 7070)),
+            http: Some(SocketAddr::from(([127, 0, 0, 1], 7080))),
+            max_payload: 1024 * 1024,
+            shutdown_delay: std::time::Duration::ZERO,
             redis: None,
             default_channel: Bytes::from_static(b"updates"),
             max_line: 64 * 1024,
@@ -105,8 +130,16 @@ impl ServeArgs {
             None => FileConfig::default(),
         };
         let default = Config::default();
+        let no_http = self.no_http.or(file.no_http).unwrap_or(false);
+        let shutdown_delay = self.shutdown_delay.or(file.shutdown_delay).unwrap_or(0.0);
+        if !(0.0..=3600.0).contains(&shutdown_delay) {
+            bail!("--shutdown-delay must be between 0 and 3600 seconds");
+        }
         let config = Config {
             listen: self.listen.or(file.listen).unwrap_or(default.listen),
+            http: if no_http { None } else { self.http.or(file.http).or(default.http) },
+            max_payload: self.max_payload.or(file.max_payload).unwrap_or(default.max_payload),
+            shutdown_delay: std::time::Duration::from_secs_f64(shutdown_delay),
             redis: self.redis.or(file.redis),
             default_channel: self
                 .default_channel
@@ -140,6 +173,7 @@ impl Config {
         }
         for (flag, value) in [
             ("--max-line", self.max_line),
+            ("--max-payload", self.max_payload),
             ("--max-pending", self.max_pending),
             ("--max-subscriptions", self.max_subscriptions),
             ("--max-channels", self.max_channels),

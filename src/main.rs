@@ -61,9 +61,17 @@ async fn run(command: Command) -> anyhow::Result<()> {
             let listener = tokio::net::TcpListener::bind(config.listen)
                 .await
                 .with_context(|| format!("cannot listen on {}", config.listen))?;
+            let http = match config.http {
+                Some(addr) => Some(
+                    tokio::net::TcpListener::bind(addr)
+                        .await
+                        .with_context(|| format!("cannot listen for HTTP on {addr}"))?,
+                ),
+                None => None,
+            };
             let shutdown = CancellationToken::new();
             let signals = tokio::spawn(crier::server::shutdown::on_signal(shutdown.clone()));
-            let served = crier::server::run(config, listener, shutdown.clone()).await;
+            let served = crier::server::run(config, listener, http, shutdown.clone()).await;
             shutdown.cancel();
             signals.await??;
             served

@@ -38,10 +38,17 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use tokio::sync::Notify;
 
-use crate::protocol::Version;
+use crate::metrics;
+use crate::protocol::{Form, Framing, Version};
 
 /// Identifies a connection in the broker's tables.
 pub type ConnId = u64;
+
+/// A connection id not used before in this process, whatever the transport.
+pub fn next_id() -> ConnId {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+    NEXT.fetch_add(1, Ordering::Relaxed)
+}
 
 /// Frames handed to the kernel per `writev` call.
 const MAX_SLICES: usize = 1024;
@@ -109,7 +116,8 @@ struct State {
     /// A writer (a producer's flush or the writer task) holds frames taken
     /// from the queue.
     writing: bool,
-    version: Version,
+    /// The push form; its version changes with `HELLO`.
+    form: Form,
     status: Status,
     /// The connection has ended a subscription: deliveries must check that
     /// theirs is still active (see `deliver`).
@@ -148,14 +156,14 @@ pub struct Batch {
 
 impl<S: Sink> Outbox<S> {
     /// An outbox writing into `sink`.
-    pub fn new(id: ConnId, max_pending: usize, sink: S) -> Arc<Outbox<S>> {
+    pub fn new(id: ConnId, max_pending: usize, framing: Framing, sink: S) -> Arc<Outbox<S>> {
         let state = State {
             rest: None,
             queue: VecDeque::new(),
             pending: 0,
             holds: 0,
             writing: false,
-            version: Version::V1,
+            form: Form::new(framing),
             status: Status::Open,
             unsubscribed: false,
         };
@@ -201,15 +209,23 @@ impl<S: ?Sized + Sink> Outbox<S> {
         }
     }
 
-    /// Puts `reply` in the place of the oldest hold and lets the writer go on.
-    pub fn release(&self, reply: Bytes) {
+    /// Puts `reply` in the place of the oldest hold (or, with `None`, just
+    /// drops the hold) and lets the writer go on.
+    pub fn release(&self, reply: Option<Bytes>) {
         let mut state = self.state();
         if state.status == Status::Open
-            && let Some(place) = state.queue.iter_mut().find(|e| matches!(e, Entry::Hold))
+            && let Some(at) = state.queue.iter().position(|e| matches!(e, Entry::Hold))
         {
-            *place = Entry::Frame(reply.clone());
             state.holds -= 1;
-            state.pending += reply.len();
+            match reply {
+                Some(reply) => {
+                    state.pending += reply.len();
+                    state.queue[at] = Entry::Frame(reply);
+                }
+                None => {
+                    state.queue.remove(at);
+                }
+            }
             state.check();
         }
         drop(state);
@@ -287,7 +303,7 @@ impl Outbox {
     pub fn push_and_switch(self: &Arc<Self>, frame: Bytes, version: Version, flush: &mut Flush) {
         let accepted = {
             let mut state = self.state();
-            state.version = version;
+            state.form.version = version;
             state.accept(frame, self.max_pending)
         };
         self.accepted(accepted, flush);
@@ -303,7 +319,7 @@ impl Outbox {
     pub fn deliver(
         self: &Arc<Self>,
         active: &AtomicBool,
-        frame: impl FnOnce(Version) -> Bytes,
+        frame: impl FnOnce(Form) -> Bytes,
         flush: &mut Flush,
     ) -> bool {
         let accepted = {
@@ -311,7 +327,7 @@ impl Outbox {
             if state.unsubscribed && !active.load(Ordering::Relaxed) {
                 return false;
             }
-            let frame = frame(state.version);
+            let frame = frame(state.form);
             state.accept(frame, self.max_pending)
         };
         self.accepted(accepted, flush)
@@ -512,6 +528,7 @@ impl Batch {
                 Err(error) if error.kind() == io::ErrorKind::WouldBlock => return Ok(()),
                 Err(error) => return Err(error),
             };
+            metrics::SENT_BYTES.add(written as u64);
             self.advance(written);
         }
         Ok(())
@@ -653,7 +670,7 @@ mod tests {
     }
 
     fn outbox(max_pending: usize) -> Arc<Outbox> {
-        Outbox::new(1, max_pending, Deferred)
+        Outbox::new(1, max_pending, Framing::Line, Deferred)
     }
 
     fn push(outbox: &Arc<Outbox>, frame: &'static str) -> bool {
@@ -686,7 +703,7 @@ mod tests {
         push(&outbox, "message");
         assert_eq!(take(&outbox).await, (Next::Write, vec![b"before".to_vec()]));
         outbox.written(6);
-        outbox.release(Bytes::from("CONFIRMED"));
+        outbox.release(Some(Bytes::from("CONFIRMED")));
         let (next, frames) = take(&outbox).await;
         assert_eq!((next, frames), (Next::Write, vec![b"CONFIRMED".to_vec(), b"message".to_vec()]));
     }
@@ -700,7 +717,7 @@ mod tests {
         outbox.hold();
         assert!(push(&outbox, "6789"));
         assert!(!push(&outbox, "overflow"), "over budget");
-        outbox.release(Bytes::from("CONFIRMED"));
+        outbox.release(Some(Bytes::from("CONFIRMED")));
         assert_eq!(take(&outbox).await, (Next::CutOff, vec![]));
     }
 
@@ -718,7 +735,12 @@ mod tests {
 
     #[tokio::test]
     async fn the_rest_of_a_frame_begun_survives_the_cut() {
-        let narrow = Outbox::new(1, 20, Narrow { room: AtomicUsize::new(3), ..Narrow::default() });
+        let narrow = Outbox::new(
+            1,
+            20,
+            Framing::Line,
+            Narrow { room: AtomicUsize::new(3), ..Narrow::default() },
+        );
         let shared: Arc<Outbox> = narrow.clone();
         let mut flush = Flush::default();
         assert!(shared.push(Bytes::from("MESSAGE"), &mut flush));
@@ -733,7 +755,7 @@ mod tests {
     async fn the_push_form_switches_with_the_reply() {
         let outbox = outbox(100);
         let active = AtomicBool::new(true);
-        let form = |version: Version| Bytes::from(format!("v{}", version as u8));
+        let form = |form: Form| Bytes::from(format!("v{}", form.version as u8));
         let mut flush = Flush::default();
         assert!(outbox.deliver(&active, form, &mut flush));
         outbox.push_and_switch(Bytes::from("CONFIRMED"), Version::V2, &mut flush);

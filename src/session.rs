@@ -1,7 +1,8 @@
 //! The transport-neutral core of a connection: what every transport (line
-//! TCP today; WebSocket and SSE next) shares. A transport adapter turns its
+//! TCP, WebSocket, Server-Sent Events) shares. A transport adapter turns its
 //! input into command lines, hands them to [`Session::execute`], and writes
-//! what the session's outbox gives it in its own framing.
+//! what the session's outbox gives it; the outbox's framing decides how
+//! replies and pushes look on the wire.
 //!
 //! The session owns the subscriptions, the push form, the limits, the
 //! permission checks and the confirm-before-deliver rule. It ends its
@@ -11,9 +12,12 @@
 use bytes::Bytes;
 use std::sync::Arc;
 
+use crate::auth::{Action, Permissions};
 use crate::broker::{Broker, Topic};
 use crate::config::Config;
+use crate::metrics;
 use crate::outbox::{Flush, Outbox};
+use crate::protocol::Framing;
 use crate::protocol::command::{Command, Hello};
 use crate::protocol::reply::{Error, Reply};
 
@@ -25,17 +29,13 @@ pub enum Control {
     Quit,
 }
 
-/// What a connection asks permission for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Action {
-    Publish,
-}
-
 /// See the module documentation.
 pub struct Session<B: Broker> {
     broker: Arc<B>,
     config: Arc<Config>,
     outbox: Arc<Outbox>,
+    framing: Framing,
+    permissions: Permissions,
     /// What this connection is subscribed to, channels and patterns. A `Vec`:
     /// most connections hold a handful, and it is the smallest when idle;
     /// lookups are linear in at most `--max-subscriptions`.
@@ -46,8 +46,22 @@ pub struct Session<B: Broker> {
 }
 
 impl<B: Broker> Session<B> {
-    pub fn new(broker: Arc<B>, config: Arc<Config>, outbox: Arc<Outbox>) -> Session<B> {
-        Session { broker, config, outbox, topics: Vec::new(), flush: Flush::default() }
+    pub fn new(
+        broker: Arc<B>,
+        config: Arc<Config>,
+        outbox: Arc<Outbox>,
+        framing: Framing,
+    ) -> Session<B> {
+        let permissions = Permissions::anonymous(&config);
+        Session {
+            broker,
+            config,
+            outbox,
+            framing,
+            permissions,
+            topics: Vec::new(),
+            flush: Flush::default(),
+        }
     }
 
     /// Parses and executes one command line; its replies go to the outbox.
@@ -81,7 +95,7 @@ impl<B: Broker> Session<B> {
                 }
             }
             Command::Publish { channel, payload } => {
-                let reply = if !self.allowed(Action::Publish, &channel) {
+                let reply = if !self.permissions.allows(Action::Publish, &channel) {
                     Reply::Error(Error::Forbidden)
                 } else {
                     match self.broker.publish(channel, payload, &mut self.flush).await {
@@ -93,7 +107,8 @@ impl<B: Broker> Session<B> {
             }
             Command::Ping(text) => self.reply(Reply::Pong(text)),
             Command::Hello(Hello::Supported(version)) => {
-                self.outbox.push_and_switch(Reply::Confirmed.line(), version, &mut self.flush);
+                let reply = self.framing.reply(&Reply::Confirmed).unwrap_or_default();
+                self.outbox.push_and_switch(reply, version, &mut self.flush);
             }
             Command::Hello(Hello::Unsupported) => self.reply(Error::UnsupportedVersion.into()),
             Command::Quit => {
@@ -116,12 +131,22 @@ impl<B: Broker> Session<B> {
         self.reply(error.into());
     }
 
-    /// The permission point: every transport's commands pass here. Tokens
-    /// will add per-channel rules; today only `--deny-publish` applies.
-    fn allowed(&self, action: Action, _name: &[u8]) -> bool {
-        match action {
-            Action::Publish => !self.config.deny_publish,
+    /// Queues a frame of the transport's own (a WebSocket pong or close), in
+    /// order with the replies.
+    pub fn send(&mut self, frame: Bytes) {
+        let _ = self.outbox.push(frame, &mut self.flush);
+    }
+
+    /// Subscribes to every topic, for a transport without commands (SSE):
+    /// the first error ends the attempt (what was subscribed is undone when
+    /// the session is dropped).
+    pub async fn subscribe_all(&mut self, topics: Vec<Topic>) -> Result<(), Error> {
+        for topic in topics {
+            if let Reply::Error(error) = self.subscribe(topic).await {
+                return Err(error);
+            }
         }
+        Ok(())
     }
 
     /// A bare `SUBSCRIBE` or `UNSUBSCRIBE` means the default channel (the seed's behaviour).
@@ -129,17 +154,21 @@ impl<B: Broker> Session<B> {
         if names.is_empty() { vec![self.config.default_channel.clone()] } else { names }
     }
 
-    async fn subscribe(&mut self, topic: Topic) {
+    /// Subscribes to one topic and queues the reply, which it returns.
+    async fn subscribe(&mut self, topic: Topic) -> Reply {
         if !self.outbox.is_open() {
             // Cut off or closing: the rest of a long SUBSCRIBE would only
-            // make the broker work for a connection about to end.
-            return;
+            // make the broker work for a connection about to end. Nothing is
+            // queued, and nothing will reach the client.
+            return Reply::Error(Error::Closing);
         }
         if self.topics.contains(&topic) {
-            return self.reply(Reply::AlreadySubscribed);
+            self.reply(Reply::AlreadySubscribed);
+            return Reply::AlreadySubscribed;
         }
         if self.topics.len() >= self.config.max_subscriptions {
-            return self.reply(Error::TooManySubscriptions.into());
+            self.reply(Error::TooManySubscriptions.into());
+            return Error::TooManySubscriptions.into();
         }
         if self.topics.is_empty() {
             // Most connections subscribe once: no room for four.
@@ -156,6 +185,7 @@ impl<B: Broker> Session<B> {
                 if let Some(last) = self.topics.last_mut() {
                     *last = shared;
                 }
+                metrics::get().subscriptions.inc();
                 Reply::Confirmed
             }
             Err(error) => {
@@ -163,7 +193,8 @@ impl<B: Broker> Session<B> {
                 Reply::Error(error)
             }
         };
-        self.outbox.release(reply.line());
+        self.outbox.release(self.framing.reply(&reply));
+        reply
     }
 
     fn unsubscribe(&mut self, topic: Topic) {
@@ -171,6 +202,7 @@ impl<B: Broker> Session<B> {
             Some(at) => {
                 self.topics.swap_remove(at);
                 self.broker.unsubscribe(&topic, self.outbox.id());
+                metrics::get().subscriptions.dec();
                 self.reply(Reply::Confirmed);
             }
             None => self.reply(Reply::AlreadyUnsubscribed),
@@ -178,8 +210,10 @@ impl<B: Broker> Session<B> {
     }
 
     fn reply(&mut self, reply: Reply) {
-        // A refused reply means the connection is already being cut off.
-        let _ = self.outbox.push(reply.line(), &mut self.flush);
+        if let Some(frame) = self.framing.reply(&reply) {
+            // A refused reply means the connection is already being cut off.
+            let _ = self.outbox.push(frame, &mut self.flush);
+        }
     }
 }
 
@@ -188,6 +222,7 @@ impl<B: Broker> Drop for Session<B> {
     /// stops the outbox accepting output.
     fn drop(&mut self) {
         self.flush.run();
+        metrics::get().subscriptions.dec_by(self.topics.len() as i64);
         for topic in self.topics.drain(..) {
             self.broker.unsubscribe(&topic, self.outbox.id());
         }

@@ -225,7 +225,7 @@ fn the_server_runs_in_process_on_a_listener_bound_by_the_caller() {
     let addr = listener.local_addr().expect("address");
     let shutdown = tokio_util::sync::CancellationToken::new();
     let config = crier::config::Config::default();
-    let served = runtime.spawn(crier::server::run(config, listener, shutdown.clone()));
+    let served = runtime.spawn(crier::server::run(config, listener, None, shutdown.clone()));
     let mut subscriber = Client::connect(addr);
     subscriber.command("SUBSCRIBE", "CONFIRMED");
     Client::connect(addr).command("PUBLISH updates Goal! 1-0", "CONFIRMED");

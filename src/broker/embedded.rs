@@ -39,6 +39,10 @@ impl Broker for Embedded {
         Ok(())
     }
 
+    fn ready(&self) -> bool {
+        true
+    }
+
     fn describe(&self) -> String {
         "embedded".to_string()
     }

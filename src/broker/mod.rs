@@ -71,6 +71,9 @@ pub trait Broker: Send + Sync + 'static {
         flush: &mut Flush,
     ) -> impl Future<Output = Result<(), Error>> + Send;
 
+    /// Whether new subscriptions can be served now (with Redis: connected).
+    fn ready(&self) -> bool;
+
     /// A one-line description for the startup log.
     fn describe(&self) -> String;
 }

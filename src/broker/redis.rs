@@ -22,6 +22,7 @@ use bytes::Bytes;
 use futures_util::{FutureExt, StreamExt};
 use redis::aio::{MultiplexedConnection, PubSubSink, PubSubStream};
 use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
@@ -29,6 +30,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use super::{Broker, Kind, Registry, Topic};
+use crate::metrics;
 use crate::outbox::{ConnId, Flush, Outbox};
 use crate::protocol::reply::Error;
 
@@ -48,6 +50,8 @@ pub struct RedisBroker {
     requests: mpsc::UnboundedSender<Request>,
     /// The publishing connection; `None` while Redis is unreachable.
     publisher: Arc<RwLock<Option<MultiplexedConnection>>>,
+    /// The subscription connection is up: new subscriptions can be served.
+    connected: Arc<AtomicBool>,
     target: String,
 }
 
@@ -76,16 +80,18 @@ impl RedisBroker {
         let registry = Arc::new(Registry::new(max_channels));
         let publisher = Arc::new(RwLock::new(None));
         let (requests, inbox) = mpsc::unbounded_channel();
+        let connected = Arc::new(AtomicBool::new(false));
         let subscriber = Subscriber {
             client,
             registry: Arc::clone(&registry),
             publisher: Arc::clone(&publisher),
+            connected: Arc::clone(&connected),
             requests: inbox,
             wanted: HashMap::new(),
             shutdown,
         };
         tokio::spawn(subscriber.run());
-        Ok(Arc::new(RedisBroker { registry, requests, publisher, target }))
+        Ok(Arc::new(RedisBroker { registry, requests, publisher, connected, target }))
     }
 
     fn publisher(&self) -> Option<MultiplexedConnection> {
@@ -141,6 +147,10 @@ impl Broker for RedisBroker {
         }
     }
 
+    fn ready(&self) -> bool {
+        self.connected.load(Ordering::Relaxed)
+    }
+
     fn describe(&self) -> String {
         self.target.clone()
     }
@@ -151,6 +161,7 @@ struct Subscriber {
     client: redis::Client,
     registry: Arc<Registry>,
     publisher: Arc<RwLock<Option<MultiplexedConnection>>>,
+    connected: Arc<AtomicBool>,
     requests: mpsc::UnboundedReceiver<Request>,
     /// Local subscribers per topic: what this node needs from Redis.
     wanted: HashMap<Topic, usize>,
@@ -169,12 +180,17 @@ struct Lost;
 impl Subscriber {
     async fn run(mut self) {
         while let Some(mut link) = self.connect().await {
+            self.set_connected(true);
             let served = self.serve(&mut link).await;
+            self.set_connected(false);
             link.reader.abort();
             self.set_publisher(None);
             match served {
                 Ok(()) => return,
-                Err(Lost) => tracing::warn!("redis: connection lost; reconnecting"),
+                Err(Lost) => {
+                    metrics::get().redis_reconnects.inc();
+                    tracing::warn!("redis: connection lost; reconnecting");
+                }
             }
         }
     }
@@ -271,6 +287,11 @@ impl Subscriber {
             }
             Err(_) => tracing::warn!("redis: cannot reopen the publishing connection: timed out"),
         }
+    }
+
+    fn set_connected(&self, connected: bool) {
+        self.connected.store(connected, Ordering::Relaxed);
+        metrics::get().redis_connected.set(i64::from(connected));
     }
 
     fn set_publisher(&self, publisher: Option<MultiplexedConnection>) {

@@ -31,9 +31,10 @@ use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuar
 
 use super::glob::Glob;
 use super::{Kind, Topic};
+use crate::metrics;
 use crate::outbox::{ConnId, Flush, Outbox};
+use crate::protocol::Form;
 use crate::protocol::reply::Error;
-use crate::protocol::{Version, codec};
 
 /// One connection's interest in one topic: its outbox, and a flag cleared
 /// when the subscription ends (see the module documentation). The outbox is
@@ -146,6 +147,7 @@ impl Registry {
                 if left == 0 {
                     channels.remove(&topic.name);
                     self.topics.fetch_sub(1, Ordering::Relaxed);
+                    metrics::get().channels.dec();
                 }
                 left
             }
@@ -158,6 +160,7 @@ impl Registry {
                 if left == 0 {
                     patterns.remove(&topic.name);
                     self.topics.fetch_sub(1, Ordering::Relaxed);
+                    metrics::get().channels.dec();
                     self.any_pattern.store(!patterns.by_name.is_empty(), Ordering::Release);
                 }
                 left
@@ -168,10 +171,11 @@ impl Registry {
     /// Delivers to the subscribers of `channel` by name only (a Redis `message`).
     /// Like every delivery, it queues: the caller runs `flush` when its burst ends.
     pub fn deliver_channel(&self, channel: &[u8], payload: &[u8], flush: &mut Flush) -> usize {
+        metrics::MESSAGES.add(1);
         let Some(snapshot) = read(&self.channels).get(channel).map(|e| e.snapshot()) else {
             return 0;
         };
-        Frames::new(channel, payload).deliver(None, &snapshot, flush)
+        counted(Frames::new(channel, payload).deliver(None, &snapshot, flush))
     }
 
     /// Delivers to the subscribers of `pattern` only (a Redis `pmessage`).
@@ -182,15 +186,17 @@ impl Registry {
         payload: &[u8],
         flush: &mut Flush,
     ) -> usize {
+        metrics::MESSAGES.add(1);
         let Some(snapshot) = read(&self.patterns).by_name.get(pattern).map(|e| e.snapshot()) else {
             return 0;
         };
-        Frames::new(channel, payload).deliver(Some(pattern), &snapshot, flush)
+        counted(Frames::new(channel, payload).deliver(Some(pattern), &snapshot, flush))
     }
 
     /// Delivers to the subscribers of `channel` and of every matching pattern
     /// (the embedded broker's publish). Returns the number of deliveries.
     pub fn publish(&self, channel: &[u8], payload: &[u8], flush: &mut Flush) -> usize {
+        metrics::MESSAGES.add(1);
         // One set of frames for the whole publish: the v1 frame does not
         // depend on who matched, so it is encoded once for names and patterns.
         let mut frames = Frames::new(channel, payload);
@@ -200,23 +206,24 @@ impl Registry {
         let named = read(&self.channels).get(channel).map(|entry| entry.snapshot());
         let mut delivered = named.map_or(0, |snapshot| frames.deliver(None, &snapshot, flush));
         if !self.any_pattern.load(Ordering::Acquire) {
-            return delivered;
+            return counted(delivered);
         }
         // Collected first: the index's read guard must not live through the fan-out.
         let matching = read(&self.patterns).matching(channel);
         for (pattern, entry) in matching {
-            frames.v2 = None;
+            frames.next_pattern();
             delivered += frames.deliver(Some(&pattern), &entry.snapshot(), flush);
         }
-        delivered
+        counted(delivered)
     }
 
     fn count_new_topic(&self) -> Result<(), Error> {
         let max = self.max_topics;
         self.topics
             .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| (n < max).then_some(n + 1))
-            .map(|_| ())
-            .map_err(|_| Error::TooManyChannels)
+            .map(|_| metrics::get().channels.inc())
+            .map_err(|_| Error::TooManyChannels)?;
+        Ok(())
     }
 }
 
@@ -313,17 +320,17 @@ fn literal_prefix(pattern: &[u8]) -> usize {
     pattern.iter().position(|b| matches!(b, b'*' | b'?' | b'[' | b'\\')).unwrap_or(pattern.len())
 }
 
-/// Lazily encoded frames of one message, shared by all its subscribers.
+/// Lazily encoded frames of one message, one per push form, shared by all
+/// its subscribers.
 struct Frames<'a> {
     channel: &'a [u8],
     payload: &'a [u8],
-    v1: Option<Bytes>,
-    v2: Option<Bytes>,
+    encoded: [Option<Bytes>; Form::COUNT],
 }
 
 impl<'a> Frames<'a> {
     fn new(channel: &'a [u8], payload: &'a [u8]) -> Self {
-        Frames { channel, payload, v1: None, v2: None }
+        Frames { channel, payload, encoded: Default::default() }
     }
 
     /// Pushes the message to each subscriber in its form; returns how many took it.
@@ -335,21 +342,32 @@ impl<'a> Frames<'a> {
     ) -> usize {
         let mut delivered = 0;
         for subscription in subscribers {
-            let frame = |version: Version| match version {
-                Version::V1 => self.v1.get_or_insert_with(|| codec::push_v1(self.payload)).clone(),
-                Version::V2 => self
-                    .v2
-                    .get_or_insert_with(|| match pattern {
-                        Some(pattern) => codec::push_pmessage(pattern, self.channel, self.payload),
-                        None => codec::push_message(self.channel, self.payload),
-                    })
-                    .clone(),
+            let frame = |form: Form| {
+                self.encoded[form.index()]
+                    .get_or_insert_with(|| form.encode(pattern, self.channel, self.payload))
+                    .clone()
             };
             let outbox = &subscription.outbox;
             delivered += usize::from(outbox.deliver(&subscription.active, frame, flush));
         }
         delivered
     }
+
+    /// Forgets the forms that name a pattern: the next delivery goes
+    /// through another one.
+    fn next_pattern(&mut self) {
+        for (index, frame) in self.encoded.iter_mut().enumerate() {
+            if Form::names_pattern_at(index) {
+                *frame = None;
+            }
+        }
+    }
+}
+
+/// Counts a fan-out's deliveries: once per message, not per subscriber.
+fn counted(deliveries: usize) -> usize {
+    metrics::DELIVERIES.add(deliveries as u64);
+    deliveries
 }
 
 fn read<T>(lock: &RwLock<T>) -> RwLockReadGuard<'_, T> {
@@ -366,6 +384,7 @@ fn write<T>(lock: &RwLock<T>) -> RwLockWriteGuard<'_, T> {
 mod tests {
     use super::*;
     use crate::outbox::{Batch, Deferred};
+    use crate::protocol::{Framing, Version};
     use std::sync::mpsc;
     use std::time::Duration;
 
@@ -374,7 +393,7 @@ mod tests {
     }
 
     fn outbox(id: ConnId) -> Arc<Outbox> {
-        Outbox::new(id, 1 << 20, Deferred)
+        Outbox::new(id, 1 << 20, Framing::Line, Deferred)
     }
 
     fn add(registry: &Registry, topic: Topic, outbox: &Arc<Outbox>) -> (Topic, usize) {

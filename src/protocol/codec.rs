@@ -29,26 +29,25 @@ thread_local! {
         std::cell::RefCell::new(vec![0; MAX_READ].into_boxed_slice());
 }
 
-/// Splits the inbound byte stream into command lines. It holds what the
-/// client actually sent: nothing when idle, about the bytes of a partial line
-/// otherwise, and it scans each byte for LF once, however small the pieces
-/// a long line arrives in.
-#[derive(Debug)]
-pub struct LineReader {
+/// What a client sent and a decoder has not consumed yet. It holds nothing
+/// when idle and about the bytes of a partial frame or line otherwise, while
+/// each read can still be large (it lands in a per-thread scratch buffer).
+#[derive(Debug, Default)]
+pub struct ReadBuffer {
     buf: BytesMut,
-    /// Bytes at the start of `buf` known to hold no LF.
-    scanned: usize,
-    /// Size of the allocation behind `buf`: lines split off its front keep
+    /// Size of the allocation behind `buf`: frames split off its front keep
     /// it alive, and `capacity()` does not count them.
     backing: usize,
-    max_line: usize,
 }
 
-impl LineReader {
-    pub fn new(max_line: usize) -> LineReader {
-        LineReader { buf: BytesMut::new(), scanned: 0, backing: 0, max_line }
+impl From<Bytes> for ReadBuffer {
+    fn from(bytes: Bytes) -> ReadBuffer {
+        let backing = bytes.len();
+        ReadBuffer { buf: BytesMut::from(bytes), backing }
     }
+}
 
+impl ReadBuffer {
     /// Reads once with `read` (for a socket: `try_read`) into the thread's
     /// scratch buffer, then keeps what arrived; returns what `read` returned.
     pub fn read_with(
@@ -69,41 +68,19 @@ impl LineReader {
         })
     }
 
-    /// Takes the next complete line, without its LF or CRLF.
-    ///
-    /// `Ok(None)` when no complete line is buffered (then the buffer is given
-    /// back, or shrunk to the partial line, unless reads are filling it); an
-    /// error once the line under construction is known to exceed `max_line`
-    /// bytes, so that a client cannot make the server buffer an endless line.
-    pub fn next_line(&mut self) -> Result<Option<Bytes>, FrameError> {
-        debug_assert!(self.scanned <= self.buf.len());
-        // A CR just before the LF is not part of the line, hence the extra byte.
-        let window = self.buf.len().min(self.max_line.saturating_add(2));
-        let found = memchr::memchr(b'\n', &self.buf[self.scanned.min(window)..window]);
-        let Some(at) = found else {
-            if self.buf.len() > self.max_line.saturating_add(1) {
-                return Err(FrameError::LineTooLong);
-            }
-            self.scanned = self.buf.len();
-            self.shrink();
-            return Ok(None);
-        };
-        let lf = self.scanned + at;
-        self.scanned = 0;
-        let mut line = self.buf.split_to(lf + 1);
-        line.truncate(lf);
-        if line.last() == Some(&b'\r') {
-            line.truncate(lf - 1);
-        }
-        if line.len() > self.max_line {
-            return Err(FrameError::LineTooLong);
-        }
-        Ok(Some(line.freeze()))
+    /// The bytes not consumed yet.
+    pub fn bytes(&self) -> &[u8] {
+        &self.buf
+    }
+
+    /// Consumes the first `n` bytes.
+    pub fn take(&mut self, n: usize) -> BytesMut {
+        self.buf.split_to(n)
     }
 
     /// Gives memory back between reads: all of it when nothing is buffered;
-    /// when a partial line is left at the end of a large read, all but it.
-    fn shrink(&mut self) {
+    /// when a partial frame is left at the end of a large read, all but it.
+    pub fn shrink(&mut self) {
         if self.buf.is_empty() {
             self.buf = BytesMut::new();
             self.backing = 0;
@@ -116,6 +93,68 @@ impl LineReader {
     /// Bytes of memory the buffer holds (for tests and benchmarks).
     pub fn capacity(&self) -> usize {
         self.backing.max(self.buf.capacity())
+    }
+}
+
+/// Splits the inbound byte stream into command lines. It scans each byte
+/// for LF once, however small the pieces a long line arrives in.
+#[derive(Debug)]
+pub struct LineReader {
+    buf: ReadBuffer,
+    /// Bytes at the start of `buf` known to hold no LF.
+    scanned: usize,
+    max_line: usize,
+}
+
+impl LineReader {
+    pub fn new(max_line: usize) -> LineReader {
+        LineReader { buf: ReadBuffer::default(), scanned: 0, max_line }
+    }
+
+    /// Reads once with `read` (see [`ReadBuffer::read_with`]).
+    pub fn read_with(
+        &mut self,
+        read: impl FnOnce(&mut [u8]) -> std::io::Result<usize>,
+    ) -> std::io::Result<usize> {
+        self.buf.read_with(read)
+    }
+
+    /// Takes the next complete line, without its LF or CRLF.
+    ///
+    /// `Ok(None)` when no complete line is buffered (then the buffer is given
+    /// back, or shrunk to the partial line, unless reads are filling it); an
+    /// error once the line under construction is known to exceed `max_line`
+    /// bytes, so that a client cannot make the server buffer an endless line.
+    pub fn next_line(&mut self) -> Result<Option<Bytes>, FrameError> {
+        let buffered = self.buf.bytes();
+        debug_assert!(self.scanned <= buffered.len());
+        // A CR just before the LF is not part of the line, hence the extra byte.
+        let window = buffered.len().min(self.max_line.saturating_add(2));
+        let found = memchr::memchr(b'\n', &buffered[self.scanned.min(window)..window]);
+        let Some(at) = found else {
+            if buffered.len() > self.max_line.saturating_add(1) {
+                return Err(FrameError::LineTooLong);
+            }
+            self.scanned = buffered.len();
+            self.buf.shrink();
+            return Ok(None);
+        };
+        let lf = self.scanned + at;
+        self.scanned = 0;
+        let mut line = self.buf.take(lf + 1);
+        line.truncate(lf);
+        if line.last() == Some(&b'\r') {
+            line.truncate(lf - 1);
+        }
+        if line.len() > self.max_line {
+            return Err(FrameError::LineTooLong);
+        }
+        Ok(Some(line.freeze()))
+    }
+
+    /// Bytes of memory the buffer holds (for tests and benchmarks).
+    pub fn capacity(&self) -> usize {
+        self.buf.capacity()
     }
 }
 

@@ -94,7 +94,7 @@ impl Command {
 
 /// Checks the naming rules: 1 to 256 bytes, no white space, no control bytes.
 /// Bytes above 0x7f are allowed: names are bytes, not text.
-pub(crate) fn valid_name(name: &[u8]) -> Result<&[u8], Error> {
+pub fn valid_name(name: &[u8]) -> Result<&[u8], Error> {
     let bad = |b: &u8| b.is_ascii_control() || b.is_ascii_whitespace();
     if name.is_empty() || name.len() > MAX_NAME || name.iter().any(bad) {
         return Err(Error::InvalidChannel);

@@ -1,13 +1,19 @@
-//! The wire protocol: framing of command lines and pushes (`codec`), the
+//! The wire protocol, without I/O: line framing (`codec`), WebSocket framing
+//! (`websocket`), the JSON form of a push for web clients (`json`), the
 //! parsing of a line into a [`Command`] (`command`), every reply and error
-//! (`reply`), and the clients' parser of pushes (`push`). None does any I/O.
+//! (`reply`), and the clients' parser of line pushes (`push`).
 
 pub mod codec;
 pub mod command;
+pub mod json;
 pub mod push;
 pub mod reply;
+pub mod websocket;
+
+use bytes::Bytes;
 
 pub use command::{Command, Hello};
+use reply::Reply;
 
 /// Push forms, chosen per connection with `HELLO`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -17,4 +23,83 @@ pub enum Version {
     V1 = 1,
     /// Binary-safe: `MESSAGE <channel> <n>` CRLF, n bytes, CRLF.
     V2 = 2,
+}
+
+/// How a transport frames what a connection receives; fixed per connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Framing {
+    /// CRLF-ended lines (the seed's TCP protocol).
+    Line,
+    /// One WebSocket message per reply and per push.
+    WebSocket,
+    /// Server-Sent Events: one event per push; no replies reach the client.
+    EventStream,
+}
+
+/// What one connection receives a message as: its framing and its `HELLO`
+/// version. A message is encoded at most once per form and shared by every
+/// subscriber of that form.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Form {
+    pub framing: Framing,
+    pub version: Version,
+}
+
+impl Form {
+    /// How many forms there are: the size of a per-message cache of frames.
+    pub const COUNT: usize = 5;
+
+    pub fn new(framing: Framing) -> Form {
+        Form { framing, version: Version::V1 }
+    }
+
+    /// A dense index for caching one encoding per form. Event streams always
+    /// carry JSON, whatever the version.
+    #[inline]
+    pub fn index(self) -> usize {
+        match (self.framing, self.version) {
+            (Framing::Line, Version::V1) => 0,
+            (Framing::Line, Version::V2) => 1,
+            (Framing::WebSocket, Version::V1) => 2,
+            (Framing::WebSocket, Version::V2) => 3,
+            (Framing::EventStream, _) => 4,
+        }
+    }
+
+    /// Whether the form at `index` names the pattern a message was
+    /// delivered through (then it differs per matching pattern): all but v1.
+    pub fn names_pattern_at(index: usize) -> bool {
+        !matches!(index, 0 | 2)
+    }
+
+    /// A message in this form.
+    pub fn encode(self, pattern: Option<&[u8]>, channel: &[u8], payload: &[u8]) -> Bytes {
+        match (self.framing, self.version) {
+            (Framing::Line, Version::V1) => codec::push_v1(payload),
+            (Framing::Line, Version::V2) => match pattern {
+                Some(pattern) => codec::push_pmessage(pattern, channel, payload),
+                None => codec::push_message(channel, payload),
+            },
+            (Framing::WebSocket, Version::V1) => websocket::data(payload),
+            (Framing::WebSocket, Version::V2) => {
+                websocket::text(&json::push(pattern, channel, payload))
+            }
+            (Framing::EventStream, _) => json::event(&json::push(pattern, channel, payload)),
+        }
+    }
+}
+
+impl Framing {
+    /// A reply in this framing; `None` where replies do not reach the client.
+    pub fn reply(self, reply: &Reply) -> Option<Bytes> {
+        match self {
+            Framing::Line => Some(reply.line()),
+            Framing::WebSocket => {
+                let line = reply.line();
+                // Text, unless a `PONG` echoes bytes that are not UTF-8.
+                Some(websocket::data(&line[..line.len() - 2]))
+            }
+            Framing::EventStream => None,
+        }
+    }
 }

@@ -50,6 +50,12 @@ pub enum Error {
     SlowConsumer,
     /// Over `--max-connections`; the connection is closed.
     ServerFull,
+    /// A request body over `--max-payload` (`POST /publish`).
+    PayloadTooLarge,
+    /// An HTTP query parameter the endpoint does not know, or a malformed one.
+    InvalidParameter,
+    /// The connection is ending (cut off, or the server shutting down).
+    Closing,
 }
 
 impl fmt::Display for Error {
@@ -65,6 +71,9 @@ impl fmt::Display for Error {
             Error::LineTooLong => "line too long",
             Error::SlowConsumer => "slow consumer",
             Error::ServerFull => "server full",
+            Error::PayloadTooLarge => "payload too large",
+            Error::InvalidParameter => "invalid parameter",
+            Error::Closing => "closing",
         })
     }
 }

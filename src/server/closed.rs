@@ -15,6 +15,8 @@ pub enum Closed {
     SlowConsumer,
     /// Over `--max-line`: `ERR line too long`.
     LineTooLong,
+    /// WebSocket frames that break RFC 6455.
+    ProtocolError,
     /// Over `--max-connections`: `ERR server full`.
     ServerFull,
     /// The server is shutting down.
@@ -33,6 +35,7 @@ impl Closed {
             Closed::ClientClosed => "client_closed",
             Closed::SlowConsumer => "slow_consumer",
             Closed::LineTooLong => "line_too_long",
+            Closed::ProtocolError => "protocol_error",
             Closed::ServerFull => "server_full",
             Closed::Shutdown => "shutdown",
             Closed::ReadError => "read_error",

@@ -2,7 +2,6 @@
 //! accepting and waits (bounded) for the connections to flush and close.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
@@ -12,6 +11,8 @@ use super::GRACE;
 use super::closed::Closed;
 use crate::broker::Broker;
 use crate::config::Config;
+use crate::metrics::{self, Transport};
+use crate::outbox;
 use crate::protocol::reply::{Error, Reply};
 use crate::transport::tcp;
 
@@ -25,16 +26,17 @@ const KEEPALIVE_PROBES: u32 = 6;
 /// (each for at most `GRACE`).
 const MAX_REJECTING: usize = 64;
 
-/// Serves clients on `listener` until `shutdown` is cancelled.
+/// Serves line-protocol clients on `listener` until `shutdown` is
+/// cancelled; each connection takes a slot of `slots` (`--max-connections`,
+/// shared with the HTTP listener).
 pub async fn serve<B: Broker>(
     listener: TcpListener,
     broker: Arc<B>,
     config: Arc<Config>,
+    slots: Arc<Semaphore>,
     shutdown: CancellationToken,
 ) {
-    let slots = Arc::new(Semaphore::new(config.max_connections));
     let rejecting = Arc::new(Semaphore::new(MAX_REJECTING));
-    let ids = AtomicU64::new(1);
     loop {
         let accepted = tokio::select! {
             accepted = listener.accept() => accepted,
@@ -50,20 +52,16 @@ pub async fn serve<B: Broker>(
                 continue;
             }
         };
-        // Pushes are coalesced by the writer; Nagle would only add latency.
-        let _ = stream.set_nodelay(true);
-        let keepalive = socket2::TcpKeepalive::new()
-            .with_time(KEEPALIVE_IDLE)
-            .with_interval(KEEPALIVE_INTERVAL)
-            .with_retries(KEEPALIVE_PROBES);
-        let _ = socket2::SockRef::from(&stream).set_tcp_keepalive(&keepalive);
+        tune(&stream);
         match Arc::clone(&slots).try_acquire_owned() {
             Ok(slot) => {
-                let id = ids.fetch_add(1, Ordering::Relaxed);
+                let id = outbox::next_id();
                 let (broker, config, shutdown) =
                     (Arc::clone(&broker), Arc::clone(&config), shutdown.clone());
+                metrics::get().connection_opened(Transport::Tcp);
                 tokio::spawn(async move {
                     let closed = tcp::serve(stream, id, broker, config, shutdown).await;
+                    metrics::get().connection_closed(Transport::Tcp, closed);
                     drop(slot);
                     tracing::debug!(%peer, id, reason = %closed, "connection closed");
                 });
@@ -83,6 +81,17 @@ pub async fn serve<B: Broker>(
     }
     let all = u32::try_from(config.max_connections).unwrap_or(u32::MAX);
     let _ = tokio::time::timeout(GRACE * 2, slots.acquire_many(all)).await;
+}
+
+/// Socket options of every accepted client connection, whatever the listener.
+pub fn tune(stream: &TcpStream) {
+    // Pushes are coalesced by the writer; Nagle would only add latency.
+    let _ = stream.set_nodelay(true);
+    let keepalive = socket2::TcpKeepalive::new()
+        .with_time(KEEPALIVE_IDLE)
+        .with_interval(KEEPALIVE_INTERVAL)
+        .with_retries(KEEPALIVE_PROBES);
+    let _ = socket2::SockRef::from(stream).set_tcp_keepalive(&keepalive);
 }
 
 /// Tells a client over the connection limit why it is turned away.

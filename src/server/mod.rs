@@ -9,46 +9,93 @@ pub mod shutdown;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 use crate::broker::{Broker, Embedded, redis::RedisBroker};
 use crate::config::Config;
+use crate::http::Web;
 
 /// How long a closing connection may take to flush what it still has queued:
 /// on shutdown, after `QUIT`, after a protocol violation or a slow consumer.
 pub const GRACE: Duration = Duration::from_secs(2);
 
-/// Starts the configured backend and serves clients on `listener` (bound by
-/// the caller, so tests can run the server in-process) until `shutdown`.
+/// Starts the configured backend and serves clients on `listener` (the line
+/// protocol) and `http` (bound by the caller, so tests can run the server
+/// in-process) until `shutdown`.
+///
+/// Shutdown: `/readyz` answers 503 at once; after `--shutdown-delay` the
+/// listeners stop, WebSocket clients get close 1001, SSE streams end, and
+/// connections get `GRACE` to flush what is queued.
 pub async fn run(
     config: Config,
     listener: TcpListener,
+    http: Option<TcpListener>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     raise_open_files_limit();
     crate::sys::keep_freed_heap();
     let config = Arc::new(config);
+    let closing = CancellationToken::new();
+    let delay = config.shutdown_delay;
+    tokio::spawn({
+        let (shutdown, closing) = (shutdown.clone(), closing.clone());
+        async move {
+            shutdown.cancelled().await;
+            if !delay.is_zero() {
+                tracing::info!("draining: /readyz answers 503; closing connections in {delay:?}");
+                tokio::time::sleep(delay).await;
+            }
+            closing.cancel();
+        }
+    });
+    let listeners = Listeners { line: listener, http, draining: shutdown, closing };
     match &config.redis {
         None => {
             let broker = Arc::new(Embedded::new(config.max_channels));
-            start(listener, broker, config, shutdown).await
+            start(listeners, broker, config).await
         }
         Some(url) => {
-            let broker = RedisBroker::start(url, config.max_channels, shutdown.clone())?;
-            start(listener, broker, config, shutdown).await
+            let broker = RedisBroker::start(url, config.max_channels, listeners.closing.clone())?;
+            start(listeners, broker, config).await
         }
     }
 }
 
+struct Listeners {
+    line: TcpListener,
+    http: Option<TcpListener>,
+    draining: CancellationToken,
+    closing: CancellationToken,
+}
+
 async fn start<B: Broker>(
-    listener: TcpListener,
+    listeners: Listeners,
     broker: Arc<B>,
     config: Arc<Config>,
-    shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    let addr = listener.local_addr()?;
-    tracing::info!("listening on {addr} (backend: {})", broker.describe());
-    listener::serve(listener, broker, config, shutdown).await;
+    let Listeners { line, http, draining, closing } = listeners;
+    let slots = Arc::new(Semaphore::new(config.max_connections));
+    let web = match http {
+        Some(http) => {
+            // Logged before "listening on", which tells tests and scripts
+            // that the server is up.
+            tracing::info!("http on http://{}/", http.local_addr()?);
+            let web = Web {
+                broker: Arc::clone(&broker),
+                config: Arc::clone(&config),
+                draining,
+                closing: closing.clone(),
+            };
+            Some(tokio::spawn(crate::http::serve(http, web, Arc::clone(&slots))))
+        }
+        None => None,
+    };
+    tracing::info!("listening on {} (backend: {})", line.local_addr()?, broker.describe());
+    listener::serve(line, broker, config, slots, closing).await;
+    if let Some(web) = web {
+        let _ = web.await;
+    }
     tracing::info!("stopped");
     Ok(())
 }

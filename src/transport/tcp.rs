@@ -1,40 +1,18 @@
 //! Line TCP, the seed's transport: one command per line in, CRLF-ended lines
-//! and pushes out. A reader feeds lines to the session and a writer drains
-//! the outbox; they run concurrently in one task, so a client that pipelines
-//! many commands without reading replies cannot deadlock the server: replies
-//! queue in the outbox, bounded by `--max-pending` like any other output.
-//!
-//! Idle connections are what a pub/sub server holds most of, so their cost is
-//! watched: no read buffer while idle, a small task (cold paths are boxed,
-//! read readiness is polled without a waiter node).
+//! and pushes out, served by the shared socket [`connection`].
 
-use std::future::poll_fn;
-use std::io::{self, IoSlice};
 use std::sync::Arc;
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
+use super::connection::{self, Decoder};
 use crate::broker::Broker;
 use crate::config::Config;
-use crate::outbox::{Batch, ConnId, Next, Outbox, Sink};
-use crate::protocol::codec::{FrameError, LineReader};
-use crate::protocol::reply::{Error, Reply};
-use crate::server::GRACE;
-use crate::server::closed::{Cause, Closed};
-use crate::session::{Control, Session};
+use crate::outbox::ConnId;
+use crate::protocol::codec::LineReader;
+use crate::server::closed::Closed;
 
-/// A TCP socket as an outbox's sink: producers write into it directly.
-#[derive(Debug)]
-pub struct TcpSink(TcpStream);
-
-impl Sink for TcpSink {
-    fn try_write(&self, frames: &[IoSlice<'_>]) -> io::Result<usize> {
-        self.0.try_write_vectored(frames)
-    }
-}
-
-/// Serves one client until it leaves, misbehaves or the server shuts down;
-/// returns why the connection ended.
+/// Serves one line-protocol client; returns why the connection ended.
 pub async fn serve<B: Broker>(
     stream: TcpStream,
     id: ConnId,
@@ -42,193 +20,6 @@ pub async fn serve<B: Broker>(
     config: Arc<Config>,
     shutdown: CancellationToken,
 ) -> Closed {
-    let outbox = Outbox::new(id, config.max_pending, TcpSink(stream));
-    let socket = &outbox.sink().0;
-    // Cancelled by the server's shutdown, by the reader when it is done, or
-    // by the writer when it gives up.
-    let closed = shutdown.child_token();
-    let cause = Cause::default();
-    let session = Session::new(broker, Arc::clone(&config), Arc::clone(&outbox) as Arc<Outbox>);
-    // Both halves borrow the one socket: no split, no shared handle to allocate.
-    let reading = async {
-        let violation = read(session, socket, config.max_line, &closed, &cause).await;
-        closed.cancel();
-        if violation {
-            Box::pin(linger(socket)).await;
-        }
-    };
-    tokio::join!(reading, write_loop(&outbox, &closed, &cause));
-    cause.get_or(Closed::Shutdown)
-}
-
-/// Feeds the client's lines to the session until the client leaves, breaks
-/// the framing (returns true: unread input may remain) or `closed` is
-/// cancelled. Dropping the session at the end closes the outbox.
-async fn read<B: Broker>(
-    mut session: Session<B>,
-    socket: &TcpStream,
-    max_line: usize,
-    closed: &CancellationToken,
-    cause: &Cause,
-) -> bool {
-    let mut reader = LineReader::new(max_line);
-    loop {
-        // poll_read_ready keeps the waker in the socket's registration:
-        // a smaller future than `readable()`, which every idle task holds.
-        let readable = poll_fn(|cx| socket.poll_read_ready(cx));
-        tokio::select! {
-            ready = readable => if ready.is_err() {
-                cause.set(Closed::ReadError);
-                return false;
-            },
-            _ = closed.cancelled() => {
-                cause.set(Closed::Shutdown);
-                return false;
-            }
-        }
-        match reader.read_with(|scratch| socket.try_read(scratch)) {
-            Ok(0) => {
-                cause.set(Closed::ClientClosed);
-                return false;
-            }
-            Ok(_) => loop {
-                match reader.next_line() {
-                    // Boxed: what a command awaits (the broker) would
-                    // otherwise enlarge every idle connection's task.
-                    Ok(Some(_)) if closed.is_cancelled() => {
-                        // Cut off meanwhile: the rest of the input is moot.
-                        cause.set(Closed::Shutdown);
-                        return false;
-                    }
-                    Ok(Some(line)) => {
-                        if Box::pin(session.execute(line)).await == Control::Quit {
-                            cause.set(Closed::ClientQuit);
-                            return false;
-                        }
-                    }
-                    Ok(None) => {
-                        session.end_burst();
-                        break;
-                    }
-                    Err(FrameError::LineTooLong) => {
-                        session.fail(Error::LineTooLong);
-                        cause.set(Closed::LineTooLong);
-                        return true;
-                    }
-                }
-            },
-            // Readiness was stale: wait again.
-            Err(error) if error.kind() == io::ErrorKind::WouldBlock => {}
-            Err(error) => {
-                cause.set(match error.kind() {
-                    io::ErrorKind::ConnectionReset => Closed::ClientClosed,
-                    _ => Closed::ReadError,
-                });
-                return false;
-            }
-        }
-    }
-}
-
-/// Why a write stopped before the batch was out.
-enum Stop {
-    CutOff,
-    Failed,
-}
-
-/// Drains the outbox into the socket until the connection closes; on the way
-/// out it cancels `closed`, which stops the reader too.
-async fn write_loop(outbox: &Outbox<TcpSink>, closed: &CancellationToken, cause: &Cause) {
-    let mut batch = Batch::default();
-    loop {
-        let stop = match outbox.next(&mut batch).await {
-            Next::Write => {
-                let bytes = batch.bytes();
-                // Boxed: the select it awaits is large, and only a blocked
-                // write needs it; every idle connection would carry it.
-                match Box::pin(write(outbox, &mut batch, closed)).await {
-                    Ok(()) => {
-                        outbox.written(bytes);
-                        // An idle connection keeps no queue allocation.
-                        batch = Batch::default();
-                        continue;
-                    }
-                    Err(stop) => stop,
-                }
-            }
-            Next::Closed => break,
-            Next::CutOff => Stop::CutOff,
-        };
-        match stop {
-            Stop::CutOff => Box::pin(cut_off(outbox.sink(), batch, closed, cause)).await,
-            Stop::Failed => cause.set(Closed::WriteError),
-        }
-        break;
-    }
-    closed.cancel();
-    // FIN now, even if the reader still lingers on the socket.
-    let _ = socket2::SockRef::from(&outbox.sink().0).shutdown(std::net::Shutdown::Write);
-}
-
-/// A slow consumer: finishes the frame the client has begun to receive,
-/// sends `ERR slow consumer` where the socket still takes it (bounded by
-/// `GRACE`), and stops the reader.
-async fn cut_off(sink: &TcpSink, mut batch: Batch, closed: &CancellationToken, cause: &Cause) {
-    cause.set(Closed::SlowConsumer);
-    closed.cancel();
-    batch.keep_rest();
-    batch.push(Reply::Error(Error::SlowConsumer).line());
-    let _ = tokio::time::timeout(GRACE, write_all(sink, &mut batch)).await;
-}
-
-/// Writes all of `batch`. Unbounded while the connection is open (a stuck
-/// client is caught by its output budget, which this wait watches); once it
-/// is closing, bounded by `GRACE`.
-async fn write(
-    outbox: &Outbox<TcpSink>,
-    batch: &mut Batch,
-    closed: &CancellationToken,
-) -> Result<(), Stop> {
-    let sink = outbox.sink();
-    tokio::select! {
-        written = write_all(sink, batch) => return written.map_err(|_| Stop::Failed),
-        _ = outbox.cut_off() => return Err(Stop::CutOff),
-        _ = closed.cancelled() => {}
-    }
-    match tokio::time::timeout(GRACE, write_all(sink, batch)).await {
-        Ok(written) => written.map_err(|_| Stop::Failed),
-        Err(_) => Err(Stop::Failed),
-    }
-}
-
-/// Writes `batch` as the socket drains, removing what went out, so that a
-/// cancelled call loses no progress.
-async fn write_all(sink: &TcpSink, batch: &mut Batch) -> io::Result<()> {
-    while !batch.is_empty() {
-        poll_fn(|cx| sink.0.poll_write_ready(cx)).await?;
-        batch.write_to(sink)?;
-    }
-    Ok(())
-}
-
-/// After a protocol violation, reads and discards what the client still sends
-/// (bounded by `GRACE`), so that closing does not reset the connection before
-/// the client has read the error.
-async fn linger(socket: &TcpStream) {
-    // On the heap: a stack array would sit in every connection's task.
-    let mut sink = vec![0u8; 4096];
-    let _ = tokio::time::timeout(GRACE, async {
-        loop {
-            if socket.readable().await.is_err() {
-                return;
-            }
-            match socket.try_read(&mut sink) {
-                Ok(0) => return,
-                Ok(_) => {}
-                Err(error) if error.kind() == io::ErrorKind::WouldBlock => {}
-                Err(_) => return,
-            }
-        }
-    })
-    .await;
+    let decoder = Decoder::Line(LineReader::new(config.max_line));
+    connection::serve(stream, decoder, id, broker, config, shutdown).await
 }

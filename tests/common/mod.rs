@@ -17,12 +17,16 @@ use std::time::Duration;
 
 use crier::protocol::push;
 
+pub mod web;
+
 /// Upper bound on any single wait; reaching it means the test failed.
 pub const DEADLINE: Duration = Duration::from_secs(20);
 
 /// A `crier serve` process on a free loopback port, killed on drop.
 pub struct Server {
     pub addr: SocketAddr,
+    /// The HTTP listener's address (`None` with `--no-http`).
+    pub http: Option<SocketAddr>,
     child: Child,
     /// Lines the server logged and no `wait_log` has passed over yet.
     early: RefCell<VecDeque<String>>,
@@ -40,13 +44,30 @@ impl Server {
         let binary = std::env::var_os("CRIER_TEST_BIN")
             .unwrap_or_else(|| env!("CARGO_BIN_EXE_crier").into());
         let mut command = Command::new(binary);
-        command.arg("serve").arg("--listen").arg("127.0.0.1:0").args(args);
+        command.arg("serve").arg("--listen").arg("127.0.0.1:0");
+        let http_wanted = !args.contains(&"--no-http");
+        if http_wanted && !args.contains(&"--http") {
+            command.arg("--http").arg("127.0.0.1:0");
+        }
+        command.args(args);
         command.env("CRIER_LOG", "info").envs(env.iter().copied());
         command.stdout(Stdio::null()).stderr(Stdio::piped());
         let mut child = command.spawn().expect("start crier");
         let stderr = child.stderr.take().expect("stderr");
         let (addr, early, log) = wait_for_listening(stderr);
-        Server { addr, child, early: RefCell::new(early), log }
+        let mut server = Server { addr, http: None, child, early: RefCell::new(early), log };
+        if http_wanted {
+            let early = server.early.borrow();
+            let line = early.iter().find_map(|line| line.split("http on http://").nth(1));
+            let addr = line.expect("the server logs its HTTP address before listening on");
+            server.http = Some(addr.trim_end_matches('/').parse().expect("an HTTP address"));
+        }
+        server
+    }
+
+    /// The HTTP listener's address; panics if the server has none.
+    pub fn http(&self) -> SocketAddr {
+        self.http.expect("the server listens for HTTP")
     }
 
     pub fn pid(&self) -> u32 {

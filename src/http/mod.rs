@@ -1,0 +1,165 @@
+//! The HTTP listener (`--http`, default 127.0.0.1:7080): the web page,
+//! WebSocket (`/ws`), Server-Sent Events (`/sse`), `POST /publish`, and the
+//! operator's endpoints (`/healthz`, `/readyz`, `/metrics`). Routing is
+//! axum's; each connection is served by hyper directly, so that a WebSocket
+//! upgrade hands the plain TCP socket to the same connection code as the
+//! line protocol (see `transport::ws`).
+//!
+//! Errors are one line of plain text, the `ERR <reason>` of the line
+//! protocol, with the status of `docs/protocol.md` §7.
+
+mod monitor;
+mod page;
+mod publish;
+pub mod query;
+
+use axum::Router;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio_util::sync::CancellationToken;
+use tower_service::Service;
+
+use crate::broker::Broker;
+use crate::config::Config;
+use crate::protocol::reply::Error;
+use crate::server::{GRACE, listener};
+use crate::transport::{sse, ws};
+
+/// How long a client may take to send a request's headers.
+const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What every handler shares.
+pub struct Web<B: Broker> {
+    pub broker: Arc<B>,
+    pub config: Arc<Config>,
+    /// Cancelled when the server is asked to stop: `/readyz` answers 503.
+    pub draining: CancellationToken,
+    /// Cancelled when connections are to close (after `--shutdown-delay`).
+    pub closing: CancellationToken,
+}
+
+impl<B: Broker> Clone for Web<B> {
+    fn clone(&self) -> Self {
+        Web {
+            broker: Arc::clone(&self.broker),
+            config: Arc::clone(&self.config),
+            draining: self.draining.clone(),
+            closing: self.closing.clone(),
+        }
+    }
+}
+
+/// One HTTP connection, as its requests see it.
+#[derive(Debug)]
+pub struct Connection {
+    pub peer: SocketAddr,
+    /// Its place under `--max-connections`: a WebSocket upgrade takes it
+    /// along, since the connection lives on as the WebSocket.
+    pub slot: Mutex<Option<OwnedSemaphorePermit>>,
+}
+
+/// The routes of §7.
+fn router<B: Broker>(web: Web<B>) -> Router {
+    Router::new()
+        .route("/", get(page::index))
+        .route("/app.js", get(page::script))
+        .route("/style.css", get(page::style))
+        .route("/ws", get(ws::upgrade::<B>))
+        .route("/sse", get(sse::stream::<B>))
+        .route("/publish", post(publish::publish::<B>))
+        .route("/healthz", get(monitor::healthz))
+        .route("/readyz", get(monitor::readyz::<B>))
+        .route("/metrics", get(monitor::metrics))
+        .fallback(|| async { (StatusCode::NOT_FOUND, "ERR not found\n") })
+        .method_not_allowed_fallback(|| async {
+            (StatusCode::METHOD_NOT_ALLOWED, "ERR method not allowed\n")
+        })
+        .with_state(web)
+}
+
+/// An `ERR <reason>` answer.
+pub fn error(status: StatusCode, error: Error) -> Response {
+    (status, format!("ERR {error}\n")).into_response()
+}
+
+/// Serves HTTP on `listener` until `web.closing`; each connection takes a
+/// slot of `slots` (shared with the line protocol's listener).
+pub async fn serve<B: Broker>(listener: TcpListener, web: Web<B>, slots: Arc<Semaphore>) {
+    let router = router(web.clone());
+    let connections = tokio_util::task::TaskTracker::new();
+    loop {
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            _ = web.closing.cancelled() => break,
+        };
+        let (stream, peer) = match accepted {
+            Ok(accepted) => accepted,
+            Err(error) => {
+                tracing::warn!(%error, "http: accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        listener::tune(&stream);
+        let Ok(slot) = Arc::clone(&slots).try_acquire_owned() else {
+            connections.spawn(reject(stream));
+            continue;
+        };
+        let connection = Arc::new(Connection { peer, slot: Mutex::new(Some(slot)) });
+        connections.spawn(serve_connection(
+            stream,
+            connection,
+            router.clone(),
+            web.closing.clone(),
+        ));
+    }
+    connections.close();
+    let _ = tokio::time::timeout(GRACE * 2, connections.wait()).await;
+}
+
+async fn serve_connection(
+    stream: TcpStream,
+    connection: Arc<Connection>,
+    router: Router,
+    closing: CancellationToken,
+) {
+    let service = hyper::service::service_fn(move |mut request: hyper::Request<Incoming>| {
+        request.extensions_mut().insert(Arc::clone(&connection));
+        router.clone().call(request)
+    });
+    let served = hyper::server::conn::http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_TIMEOUT)
+        .serve_connection(TokioIo::new(stream), service)
+        .with_upgrades();
+    tokio::pin!(served);
+    tokio::select! {
+        _ = served.as_mut() => return,
+        _ = closing.cancelled() => served.as_mut().graceful_shutdown(),
+    }
+    let _ = tokio::time::timeout(GRACE, served).await;
+}
+
+/// Over `--max-connections`: `503 ERR server full`, written without hyper.
+async fn reject(mut stream: TcpStream) {
+    use tokio::io::AsyncWriteExt;
+    let body = format!("ERR {}\n", Error::ServerFull);
+    let response = format!(
+        "HTTP/1.1 503 Service Unavailable\r\ncontent-type: text/plain; charset=utf-8\r\n\
+         content-length: {}\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let _ = tokio::time::timeout(GRACE, async {
+        stream.write_all(response.as_bytes()).await?;
+        stream.shutdown().await
+    })
+    .await;
+}

@@ -1,0 +1,53 @@
+//! `POST /publish?channel=NAME[&channel=...]`: the request body, byte for
+//! byte, published to each channel, through the same permission check and
+//! broker as the line protocol's `PUBLISH`.
+
+use axum::body::Body;
+use axum::extract::{RawQuery, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+
+use super::query::Names;
+use super::{Web, error};
+use crate::auth::{Action, Permissions};
+use crate::broker::Broker;
+use crate::metrics;
+use crate::outbox::Flush;
+use crate::protocol::reply::Error;
+
+pub async fn publish<B: Broker>(
+    State(web): State<Web<B>>,
+    RawQuery(query): RawQuery,
+    body: Body,
+) -> Response {
+    let channels = match Names::parse(query.as_deref(), false) {
+        Ok(names) if names.channels.is_empty() => {
+            return error(StatusCode::BAD_REQUEST, Error::Arity("publish"));
+        }
+        Ok(names) => names.channels,
+        Err(reason) => return error(StatusCode::BAD_REQUEST, reason),
+    };
+    let permissions = Permissions::anonymous(&web.config);
+    if !channels.iter().all(|channel| permissions.allows(Action::Publish, channel)) {
+        return error(StatusCode::FORBIDDEN, Error::Forbidden);
+    }
+    let Ok(payload) = axum::body::to_bytes(body, web.config.max_payload).await else {
+        // Over the limit, or the client went away mid-body (then nobody reads this).
+        return error(StatusCode::PAYLOAD_TOO_LARGE, Error::PayloadTooLarge);
+    };
+    let mut flush = Flush::default();
+    for channel in &channels {
+        let published = web.broker.publish(channel.clone(), payload.clone(), &mut flush).await;
+        flush.run();
+        if let Err(reason) = published {
+            let status = match reason {
+                Error::BackendUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+                _ => StatusCode::BAD_REQUEST,
+            };
+            return error(status, reason);
+        }
+    }
+    metrics::get().http_publishes.inc();
+    let body = format!("{{\"published\":{}}}\n", channels.len());
+    ([(axum::http::header::CONTENT_TYPE, "application/json")], body).into_response()
+}

@@ -1,0 +1,60 @@
+//! Query strings of `/sse` and `/publish`: `channel=a&channel=b&pattern=p`.
+//! Names are bytes, percent-decoded (and `+` read as a space, as forms send
+//! it), so any channel a line client can name, a web client can too.
+
+use bytes::Bytes;
+
+use crate::protocol::command::valid_name;
+use crate::protocol::reply::Error;
+
+/// The `channel` and `pattern` parameters, in order; any other parameter,
+/// or a name that breaks the naming rules, is an error.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Names {
+    pub channels: Vec<Bytes>,
+    pub patterns: Vec<Bytes>,
+}
+
+impl Names {
+    pub fn parse(query: Option<&str>, allow_patterns: bool) -> Result<Names, Error> {
+        let mut names = Names::default();
+        for pair in query.unwrap_or("").split('&').filter(|pair| !pair.is_empty()) {
+            let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+            let value = decode(value);
+            let list = match key {
+                "channel" => &mut names.channels,
+                "pattern" if allow_patterns => &mut names.patterns,
+                _ => return Err(Error::InvalidParameter),
+            };
+            valid_name(&value)?;
+            list.push(value);
+        }
+        Ok(names)
+    }
+}
+
+fn decode(value: &str) -> Bytes {
+    let spaced = value.replace('+', " ");
+    Bytes::from(percent_encoding::percent_decode_str(&spaced).collect::<Vec<u8>>())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_names() {
+        let names = Names::parse(Some("channel=a&pattern=n%2A&channel=%C3%A9t%C3%A9"), true);
+        let expected = Names {
+            channels: vec![Bytes::from("a"), Bytes::from("été")],
+            patterns: vec![Bytes::from("n*")],
+        };
+        assert_eq!(names, Ok(expected));
+        assert_eq!(Names::parse(None, true), Ok(Names::default()));
+        assert_eq!(Names::parse(Some("channel=a%20b"), true), Err(Error::InvalidChannel));
+        assert_eq!(Names::parse(Some("channel=a+b"), true), Err(Error::InvalidChannel));
+        assert_eq!(Names::parse(Some("channel="), true), Err(Error::InvalidChannel));
+        assert_eq!(Names::parse(Some("pattern=a"), false), Err(Error::InvalidParameter));
+        assert_eq!(Names::parse(Some("chanel=a"), true), Err(Error::InvalidParameter));
+    }
+}

@@ -1,0 +1,64 @@
+//! The JSON form of a push, for web clients (WebSocket after `HELLO 2`, and
+//! every Server-Sent Event): `{"channel":"c","pattern":"p","data":"..."}`,
+//! `"pattern"` only for a delivery through a pattern. A payload that is not
+//! UTF-8 goes as `"data_base64"`. Channel names and patterns that are not
+//! UTF-8 are written with U+FFFD in place of the bad bytes.
+
+use base64::Engine;
+use bytes::{BufMut, Bytes, BytesMut};
+use serde::Serialize;
+use std::borrow::Cow;
+
+#[derive(Serialize)]
+struct Push<'a> {
+    channel: Cow<'a, str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pattern: Option<Cow<'a, str>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    data: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    data_base64: Option<String>,
+}
+
+/// The JSON object of one delivery, on one line.
+pub fn push(pattern: Option<&[u8]>, channel: &[u8], payload: &[u8]) -> Vec<u8> {
+    let (data, data_base64) = match std::str::from_utf8(payload) {
+        Ok(text) => (Some(text), None),
+        Err(_) => (None, Some(base64::engine::general_purpose::STANDARD.encode(payload))),
+    };
+    let push = Push {
+        channel: String::from_utf8_lossy(channel),
+        pattern: pattern.map(String::from_utf8_lossy),
+        data,
+        data_base64,
+    };
+    // Serializing strings into a Vec cannot fail.
+    serde_json::to_vec(&push).unwrap_or_default()
+}
+
+/// A Server-Sent Event carrying `json` (one line: serde_json escapes every
+/// line break).
+pub fn event(json: &[u8]) -> Bytes {
+    let mut out = BytesMut::with_capacity(json.len() + 8);
+    out.put_slice(b"data: ");
+    out.put_slice(json);
+    out.put_slice(b"\n\n");
+    out.freeze()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pushes_as_json() {
+        assert_eq!(push(None, b"news", b"a \"b\"\n"), br#"{"channel":"news","data":"a \"b\"\n"}"#);
+        assert_eq!(
+            push(Some(b"n*"), b"news", b""),
+            br#"{"channel":"news","pattern":"n*","data":""}"#
+        );
+        let expected = "{\"channel\":\"c\u{fffd}\",\"data_base64\":\"/wA=\"}";
+        assert_eq!(push(None, b"c\xff", &[0xff, 0]), expected.as_bytes());
+        assert_eq!(&event(b"{}")[..], b"data: {}\n\n");
+    }
+}

@@ -1,0 +1,120 @@
+//! Server-Sent Events (`GET /sse?channel=a&pattern=p`): a one-way
+//! subscription. The response headers go out only once every subscription
+//! is confirmed, so a browser's `open` event means `CONFIRMED`; then each
+//! delivery is one `data:` event holding the JSON form of the message.
+//!
+//! The stream is the session's writer: it drains the outbox (a `Deferred`
+//! sink: only hyper writes this socket) into body chunks, one per batch. A
+//! comment line goes out after `KEEPALIVE` of silence so that proxies keep
+//! the stream open. Past `--max-pending` the stream ends with an `error`
+//! event carrying `ERR slow consumer`.
+
+use axum::body::Body;
+use axum::extract::{RawQuery, State};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use bytes::{Bytes, BytesMut};
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::broker::{Broker, Topic};
+use crate::http::query::Names;
+use crate::http::{Web, error};
+use crate::metrics::{self, Transport};
+use crate::outbox::{self, Batch, Deferred, Next, Outbox};
+use crate::protocol::Framing;
+use crate::protocol::reply::Error;
+use crate::server::closed::Closed;
+use crate::session::Session;
+
+/// Silence after which a comment line is sent.
+const KEEPALIVE: Duration = Duration::from_secs(15);
+
+pub async fn stream<B: Broker>(State(web): State<Web<B>>, RawQuery(query): RawQuery) -> Response {
+    let names = match Names::parse(query.as_deref(), true) {
+        Ok(names) => names,
+        Err(reason) => return error(StatusCode::BAD_REQUEST, reason),
+    };
+    let mut topics: Vec<Topic> = names.channels.into_iter().map(Topic::channel).collect();
+    topics.extend(names.patterns.into_iter().map(Topic::pattern));
+    if topics.is_empty() {
+        topics.push(Topic::channel(web.config.default_channel.clone()));
+    }
+    let outbox =
+        Outbox::new(outbox::next_id(), web.config.max_pending, Framing::EventStream, Deferred);
+    let mut session = Session::new(
+        Arc::clone(&web.broker),
+        Arc::clone(&web.config),
+        Arc::clone(&outbox) as Arc<Outbox>,
+        Framing::EventStream,
+    );
+    if let Err(reason) = session.subscribe_all(topics).await {
+        let status = match reason {
+            Error::InvalidChannel | Error::TooManySubscriptions => StatusCode::BAD_REQUEST,
+            Error::Forbidden => StatusCode::FORBIDDEN,
+            _ => StatusCode::SERVICE_UNAVAILABLE,
+        };
+        return error(status, reason);
+    }
+    metrics::get().connection_opened(Transport::Sse);
+    let events = Events { _session: session, outbox, closed: Closed::ClientClosed, ended: false };
+    let body = futures_util::stream::unfold((events, web.closing), |(mut events, closing)| async {
+        let chunk = events.next(&closing).await?;
+        Some((Ok::<_, std::convert::Infallible>(chunk), (events, closing)))
+    });
+    let headers = [
+        (header::CONTENT_TYPE, "text/event-stream"),
+        (header::CACHE_CONTROL, "no-cache"),
+        (header::HeaderName::from_static("x-accel-buffering"), "no"),
+    ];
+    (headers, Body::from_stream(body)).into_response()
+}
+
+/// One SSE client: its session (dropped with the stream, which ends its
+/// subscriptions) and its outbox.
+struct Events<B: Broker> {
+    /// Held for its `Drop`, which ends the subscriptions.
+    _session: Session<B>,
+    outbox: Arc<Outbox<Deferred>>,
+    closed: Closed,
+    ended: bool,
+}
+
+impl<B: Broker> Events<B> {
+    /// The next body chunk; `None` ends the stream.
+    async fn next(&mut self, closing: &tokio_util::sync::CancellationToken) -> Option<Bytes> {
+        if self.ended {
+            return None;
+        }
+        let mut batch = Batch::default();
+        let next = tokio::select! {
+            next = self.outbox.next(&mut batch) => next,
+            _ = tokio::time::sleep(KEEPALIVE) => return Some(Bytes::from_static(b": keep-alive\n\n")),
+            _ = closing.cancelled() => {
+                self.closed = Closed::Shutdown;
+                return None;
+            }
+        };
+        match next {
+            Next::Write => {
+                let mut chunk = BytesMut::with_capacity(batch.bytes());
+                batch.frames().for_each(|frame| chunk.extend_from_slice(frame));
+                self.outbox.written(batch.bytes());
+                metrics::SENT_BYTES.add(chunk.len() as u64);
+                Some(chunk.freeze())
+            }
+            Next::Closed => None,
+            Next::CutOff => {
+                self.closed = Closed::SlowConsumer;
+                self.ended = true;
+                Some(Bytes::from(format!("event: error\ndata: ERR {}\n\n", Error::SlowConsumer)))
+            }
+        }
+    }
+}
+
+impl<B: Broker> Drop for Events<B> {
+    fn drop(&mut self) {
+        metrics::get().connection_closed(Transport::Sse, self.closed);
+    }
+}

@@ -1,0 +1,91 @@
+//! WebSocket (`GET /ws`): the commands of the line protocol as messages,
+//! replies as text messages, pushes as messages (see `protocol::websocket`).
+//!
+//! The handshake is answered here; after it, hyper hands back the plain TCP
+//! socket and the connection is served by the same [`connection`] code as
+//! the line protocol, with WebSocket framing: producers write pre-encoded
+//! frames straight into the socket, and an idle WebSocket costs what an idle
+//! line connection does (no per-connection read or write buffer).
+
+use axum::extract::{Request, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use hyper_util::rt::TokioIo;
+use std::sync::Arc;
+use tokio::net::TcpStream;
+
+use super::connection::{self, Decoder};
+use crate::broker::Broker;
+use crate::http::{Connection, Web};
+use crate::metrics::{self, Transport};
+use crate::outbox;
+use crate::protocol::websocket::Reader;
+
+/// Answers the upgrade request and serves the WebSocket in a task of its own.
+pub async fn upgrade<B: Broker>(State(web): State<Web<B>>, mut request: Request) -> Response {
+    let key = match handshake(request.headers()) {
+        Ok(key) => key,
+        Err(response) => return *response,
+    };
+    let Some(connection) = request.extensions().get::<Arc<Connection>>().cloned() else {
+        return StatusCode::INTERNAL_SERVER_ERROR.into_response();
+    };
+    let upgrading = hyper::upgrade::on(&mut request);
+    let slot = connection.slot.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).take();
+    tokio::spawn(async move {
+        let upgraded = match upgrading.await {
+            Ok(upgraded) => upgraded,
+            Err(error) => {
+                return tracing::debug!(peer = %connection.peer, %error, "websocket: upgrade failed");
+            }
+        };
+        let Ok(parts) = upgraded.downcast::<TokioIo<TcpStream>>() else {
+            return tracing::warn!("websocket: the upgraded connection is not a TCP socket");
+        };
+        let id = outbox::next_id();
+        metrics::get().connection_opened(Transport::WebSocket);
+        let decoder = Decoder::WebSocket(Reader::new(web.config.max_line, parts.read_buf));
+        let stream = parts.io.into_inner();
+        let closed =
+            connection::serve(stream, decoder, id, web.broker, web.config, web.closing).await;
+        metrics::get().connection_closed(Transport::WebSocket, closed);
+        drop(slot);
+        tracing::debug!(peer = %connection.peer, id, reason = %closed, "websocket closed");
+    });
+    let accept = tungstenite::handshake::derive_accept_key(key.as_bytes());
+    let mut response = StatusCode::SWITCHING_PROTOCOLS.into_response();
+    let headers = response.headers_mut();
+    headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+    headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    if let Ok(accept) = HeaderValue::from_str(&accept) {
+        headers.insert(header::SEC_WEBSOCKET_ACCEPT, accept);
+    }
+    response
+}
+
+/// Checks the client's handshake (RFC 6455 §4.2.1); returns its key, or the
+/// refusal. Compression is never negotiated: frames are shared between
+/// subscribers.
+fn handshake(headers: &HeaderMap) -> Result<HeaderValue, Box<Response>> {
+    let has_token = |name: header::HeaderName, token: &str| {
+        headers.get_all(name).iter().any(|value| {
+            value.to_str().is_ok_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
+        })
+    };
+    let bad = |text: &'static str| Box::new((StatusCode::BAD_REQUEST, text).into_response());
+    if !has_token(header::UPGRADE, "websocket") || !has_token(header::CONNECTION, "upgrade") {
+        return Err(bad("ERR websocket upgrade expected\n"));
+    }
+    if headers.get(header::SEC_WEBSOCKET_VERSION).is_none_or(|v| v != "13") {
+        let mut response =
+            (StatusCode::UPGRADE_REQUIRED, "ERR unsupported websocket version\n").into_response();
+        response
+            .headers_mut()
+            .insert(header::SEC_WEBSOCKET_VERSION, HeaderValue::from_static("13"));
+        return Err(Box::new(response));
+    }
+    headers
+        .get(header::SEC_WEBSOCKET_KEY)
+        .cloned()
+        .ok_or_else(|| bad("ERR websocket key missing\n"))
+}
