@@ -17,6 +17,7 @@ use std::time::Duration;
 
 use crier::protocol::push;
 
+pub mod browser;
 pub mod web;
 
 /// Upper bound on any single wait; reaching it means the test failed.

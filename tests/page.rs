@@ -1,0 +1,130 @@
+//! The live web page in a real headless Chromium: what a person sees and
+//! does, checked in the DOM, against a real server.
+
+mod common;
+
+use common::Server;
+use common::browser::Browser;
+use common::web;
+use std::time::Duration;
+
+/// How long the page may take to show something the server has sent.
+const WITHIN: Duration = Duration::from_secs(20);
+
+/// Fills a form field and submits its form, as a person would.
+fn fill_and_submit(fields: &[(&str, &str)], form: &str) -> String {
+    let mut script = String::new();
+    for (selector, value) in fields {
+        let value = serde_json::to_string(value).expect("a JSON string");
+        script.push_str(&format!(
+            "{{ const f = document.querySelector('{selector}'); f.value = {value}; \
+             f.dispatchEvent(new Event('input', {{bubbles: true}})); }}\n"
+        ));
+    }
+    script.push_str(&format!("document.querySelector('{form}').requestSubmit(); true"));
+    script
+}
+
+/// A condition: a message of `channel` holding `data` is on the page.
+fn message_shown(channel: &str, data: &str) -> String {
+    format!(
+        "[...document.querySelectorAll('#messages li.message')].some(li => \
+         li.querySelector('.channel')?.textContent === {channel:?} && \
+         li.querySelector('.data')?.textContent === {data:?})"
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_page_subscribes_shows_messages_and_publishes() {
+    let server = Server::start(&[]);
+    let http = server.http();
+    let browser = Browser::launch().await;
+    let page = browser.open(&format!("http://{http}/")).await;
+    page.wait_for("document.querySelector('#status')?.textContent === 'connected'", WITHIN).await;
+
+    // Subscribe through the form, to a channel and to a pattern.
+    page.eval(&fill_and_submit(&[("#subscribe-name", "news")], "#subscribe-form")).await;
+    page.wait_for(
+        "document.querySelector('#subscriptions li.confirmed[data-topic=\"news\"]')",
+        WITHIN,
+    )
+    .await;
+    page.eval("document.querySelector('#subscribe-pattern').checked = true").await;
+    page.eval(&fill_and_submit(&[("#subscribe-name", "sport.*")], "#subscribe-form")).await;
+    page.wait_for(
+        "document.querySelector('#subscriptions li.confirmed[data-topic=\"sport.*\"][data-kind=\"pattern\"]')",
+        WITHIN,
+    )
+    .await;
+
+    // A backend publishes with POST /publish: the message appears.
+    let published = tokio::task::spawn_blocking(move || {
+        let news = web::post(http, "/publish?channel=news", "<b>Goal!</b> 1-0".as_bytes());
+        let sport = web::post(http, "/publish?channel=sport.tennis", b"deuce");
+        (news.status, sport.status)
+    })
+    .await
+    .expect("publish");
+    assert_eq!(published, (200, 200));
+    page.wait_for(&message_shown("news", "<b>Goal!</b> 1-0"), WITHIN).await;
+    page.wait_for(&message_shown("sport.tennis", "deuce"), WITHIN).await;
+    let through = page
+        .eval(
+            "[...document.querySelectorAll('#messages li.message')]\
+             .find(li => li.querySelector('.channel').textContent === 'sport.tennis')\
+             .querySelector('.pattern')?.textContent",
+        )
+        .await;
+    assert_eq!(through, "sport.*", "a delivery through a pattern names it");
+    let bold = page.eval("document.querySelectorAll('#messages b').length").await;
+    assert_eq!(bold, 0, "payloads are shown as text, never as HTML");
+
+    // Publish from the page's form: a TCP subscriber receives it.
+    let mut tcp = server.connect();
+    tcp.command("SUBSCRIBE chat", "CONFIRMED");
+    page.eval(&fill_and_submit(
+        &[("#publish-channel", "chat"), ("#publish-data", "typed in the page")],
+        "#publish-form",
+    ))
+    .await;
+    let (_tcp, received) = tokio::task::spawn_blocking(move || {
+        let line = tcp.line();
+        (tcp, line)
+    })
+    .await
+    .expect("read");
+    assert_eq!(received, b"typed in the page");
+    page.wait_for(
+        "/published/.test(document.querySelector('#publish-result').textContent)",
+        WITHIN,
+    )
+    .await;
+
+    // The counters come from /metrics: one WebSocket (the page) and one TCP client.
+    page.wait_for("Number(document.querySelector('#stat-connections').textContent) >= 2", WITHIN)
+        .await;
+    page.wait_for("Number(document.querySelector('#stat-subscriptions').textContent) >= 3", WITHIN)
+        .await;
+
+    let shot = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("page.png");
+    page.screenshot(&shot).await;
+    assert_eq!(page.errors().await, Vec::<String>::new(), "the page logged errors");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_page_shows_a_refused_publish() {
+    let server = Server::start(&["--deny-publish", "true"]);
+    let browser = Browser::launch().await;
+    let page = browser.open(&format!("http://{}/", server.http())).await;
+    page.wait_for("document.querySelector('#status')?.textContent === 'connected'", WITHIN).await;
+    page.eval(&fill_and_submit(
+        &[("#publish-channel", "chat"), ("#publish-data", "hello")],
+        "#publish-form",
+    ))
+    .await;
+    page.wait_for(
+        "document.querySelector('#publish-result').textContent.includes('ERR forbidden')",
+        WITHIN,
+    )
+    .await;
+}
