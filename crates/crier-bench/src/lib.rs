@@ -64,8 +64,9 @@ pub struct BenchArgs {
     /// Server to measure; each has its own wire protocol.
     #[arg(long, value_enum, default_value_t = Target::Crier)]
     pub target: Target,
-    /// Server address HOST:PORT [default: crier 127.0.0.1:7070, redis
-    /// 127.0.0.1:6379, nats 127.0.0.1:4222].
+    /// Server address HOST:PORT of its native protocol, for the publishers
+    /// and (with --transport tcp) the subscribers [default: crier
+    /// 127.0.0.1:7070, redis 127.0.0.1:6379, nats 127.0.0.1:4222].
     #[arg(long)]
     pub addr: Option<String>,
     /// How the subscribers connect: tcp (the target's native protocol) or ws
