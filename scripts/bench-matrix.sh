@@ -2,26 +2,32 @@
 # Runs crier-bench against crier (embedded and on Redis), Redis and NATS, with
 # a fresh server per run, and appends one JSON line per run to $OUT.
 #
-#   scripts/bench-matrix.sh fanout|latency|conns|core|partial [RUNS]
+#   scripts/bench-matrix.sh fanout|latency|conns|core|partial|web [RUNS]
 #
 # SYSTEMS overrides the systems measured (default: crier crier-redis redis
-# nats); the system crier-base is the crier binary at $CRIER_BASE (an older
-# build, for before/after figures), measured with the same load generator.
-# Needs redis-server and nats-server (Debian packages) and a release build.
+# nats; for web: crier nats); the system crier-base is the crier binary at
+# $CRIER_BASE (an older build, for before/after figures), measured with the
+# same load generator. web: the subscribers connect over WebSocket (crier's
+# HTTP listener, NATS's websocket listener), the publisher over TCP.
+# Needs redis-server and nats-server (Debian packages) and a release build
+# (in $CARGO_TARGET_DIR when set, else target/).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-what=${1:?fanout, latency or conns}
+what=${1:?fanout, latency, conns, core, partial or web}
 runs=${2:-3}
 out=${OUT:-target/bench-results.jsonl}
-crier=target/release/crier
-bench=target/release/crier-bench
+crier=${CARGO_TARGET_DIR:-target}/release/crier
+bench=${CARGO_TARGET_DIR:-target}/release/crier-bench
 work=$(mktemp -d)
-trap 'rm -rf "$work"' EXIT
+# A failed run must not leave its server behind (the next would find the
+# ports taken and measure the old one).
+trap 'stop; rm -rf "$work"' EXIT
 
 # start SYSTEM: starts a fresh server; sets PID (the server to measure),
-# ADDR, TARGET and EXTRA (bench flags) for it.
+# ADDR, TARGET and EXTRA (bench flags) for it. In web mode the server also
+# listens for WebSocket clients, and EXTRA points the subscribers there.
 start() {
-    local redis_port=16379
+    local redis_port=16379 ws_port=17080
     EXTRA=()
     local binary=$crier
     if [ "$1" = crier-base ]; then
@@ -40,9 +46,14 @@ start() {
             set -- crier
         fi
         shift
+        if [ "$what" = web ]; then
+            set -- --http 127.0.0.1:$ws_port "$@"
+            EXTRA+=(--transport ws --ws-addr 127.0.0.1:$ws_port)
+        fi
         $binary serve --listen 127.0.0.1:17070 --max-connections 20000 "$@" 2>"$work/crier.log" &
         PID=$!
         wait_port 17070
+        if [ "$what" = web ]; then wait_port $ws_port; fi
         ADDR=127.0.0.1:17070 TARGET=crier
         ;;
     redis)
@@ -52,9 +63,26 @@ start() {
         PID=$(cat "$work/redis.pid") ADDR=127.0.0.1:$redis_port TARGET=redis
         ;;
     nats)
-        nats-server -p 14222 >"$work/nats.log" 2>&1 &
-        PID=$!
-        wait_port 14222
+        if [ "$what" = web ]; then
+            # No compression (the default): the bench offers none either.
+            cat >"$work/nats.conf" <<EOF
+listen: "127.0.0.1:14222"
+websocket {
+  host: "127.0.0.1"
+  port: $ws_port
+  no_tls: true
+}
+EOF
+            nats-server -c "$work/nats.conf" >"$work/nats.log" 2>&1 &
+            PID=$!
+            wait_port 14222
+            wait_port $ws_port
+            EXTRA=(--transport ws --ws-addr 127.0.0.1:$ws_port)
+        else
+            nats-server -p 14222 >"$work/nats.log" 2>&1 &
+            PID=$!
+            wait_port 14222
+        fi
         ADDR=127.0.0.1:14222 TARGET=nats
         ;;
     esac
@@ -96,7 +124,9 @@ run() {
     echo "$label $system: $(echo "$line" | head -c 300)"
 }
 
-read -r -a systems <<<"${SYSTEMS:-crier crier-redis redis nats}"
+default_systems="crier crier-redis redis nats"
+if [ "$what" = web ]; then default_systems="crier nats"; fi
+read -r -a systems <<<"${SYSTEMS:-$default_systems}"
 for _ in $(seq "$runs"); do
     for system in "${systems[@]}"; do
         case $what in
@@ -133,6 +163,19 @@ for _ in $(seq "$runs"); do
                 run "conns-c5000${partial:+-partial}" "$system" --mode conns --conns 5000 \
                     --hold 2 $partial
             done
+            ;;
+        web)
+            if [ "$system" = redis ]; then
+                echo "web: redis has no WebSocket transport, skipped" >&2
+                continue
+            fi
+            # The core cells with WebSocket subscribers, then idle WebSocket
+            # connections (server memory per connection).
+            for subs in 100 1000; do
+                run "web-s$subs-b64" "$system" --subscribers "$subs" --size 64 \
+                    --messages $((20000000 / subs)) --duration 30
+            done
+            run "web-conns-c10000" "$system" --mode conns --conns 10000 --hold 2
             ;;
         conns)
             for conns in 1000 5000 15000; do

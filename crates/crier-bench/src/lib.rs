@@ -7,7 +7,8 @@
 //! connect the publishers, start them together, wait for deliveries to drain
 //! (bounded), then print a summary and one JSON line.
 //!
-//! Files: `targets` (wire dialects), `payload` (the message header),
+//! Files: `targets` (wire dialects), `wire` (TCP or WebSocket framing of a
+//! dialect), `ws` (the WebSocket client side), `payload` (the message header),
 //! `subscriber` / `publisher` (the connection loops), `net` (connecting many
 //! sockets), `report` (histograms, summary, JSON); process facts (rlimit,
 //! rusage, /proc) are `crier::sys`, shared with the server.
@@ -18,6 +19,8 @@ mod publisher;
 mod report;
 mod subscriber;
 mod targets;
+mod wire;
+mod ws;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -33,6 +36,7 @@ use net::{CONNS_PER_SOURCE, Connector};
 use report::{Latencies, LatencySummary, Report};
 pub use targets::Target;
 use targets::{Dialect, Encoder};
+pub use wire::Transport;
 
 /// What to measure (`--mode`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
@@ -60,10 +64,22 @@ pub struct BenchArgs {
     /// Server to measure; each has its own wire protocol.
     #[arg(long, value_enum, default_value_t = Target::Crier)]
     pub target: Target,
-    /// Server address HOST:PORT [default: crier 127.0.0.1:7070, redis
-    /// 127.0.0.1:6379, nats 127.0.0.1:4222].
+    /// Server address HOST:PORT of its native protocol, for the publishers
+    /// and (with --transport tcp) the subscribers [default: crier
+    /// 127.0.0.1:7070, redis 127.0.0.1:6379, nats 127.0.0.1:4222].
     #[arg(long)]
     pub addr: Option<String>,
+    /// How the subscribers connect: tcp (the target's native protocol) or ws
+    /// (WebSocket: crier's `GET /ws` on its HTTP listener, one message per
+    /// delivery; NATS's websocket listener). Publishers always use the
+    /// native protocol over TCP at --addr: ws measures WebSocket delivery.
+    #[arg(long, value_enum, default_value_t = Transport::Tcp)]
+    pub transport: Transport,
+    /// WebSocket address HOST:PORT with --transport ws [default: crier
+    /// 127.0.0.1:7080 (its --http listener, path /ws), nats 127.0.0.1:8080
+    /// (the port of its websocket block, path /)].
+    #[arg(long, value_name = "HOST:PORT")]
+    pub ws_addr: Option<String>,
     /// fanout: throughput and latency; conns: memory per idle connection and
     /// time of one broadcast to all.
     #[arg(long, value_enum, default_value_t = Mode::Fanout)]
@@ -98,7 +114,8 @@ pub struct BenchArgs {
     #[arg(long, default_value_t = 1000)]
     pub conns: usize,
     /// Conns mode: each connection then sends one byte without a newline,
-    /// so the server holds a partial command line for every connection.
+    /// so the server holds a partial command line for every connection
+    /// (TCP only).
     #[arg(long)]
     pub partial_line: bool,
     /// Seconds to hold the idle connections before measuring memory (conns mode).
@@ -164,6 +181,16 @@ impl Params {
         }
         if a.messages == Some(0) {
             bail!("--messages must be at least 1");
+        }
+        if a.transport == Transport::Ws {
+            if a.target.ws_path().is_none() {
+                bail!("--transport ws: {} has no WebSocket transport", a.target.name());
+            }
+            if a.partial_line {
+                bail!("--partial-line is for --transport tcp");
+            }
+        } else if a.ws_addr.is_some() {
+            bail!("--ws-addr needs --transport ws");
         }
         Ok(match a.mode {
             Mode::Conns => Params {
@@ -258,8 +285,26 @@ pub async fn run(args: BenchArgs) -> Result<()> {
     let addr = args.addr.clone().unwrap_or_else(|| args.target.default_addr().to_string());
     let sources =
         args.source_addrs.unwrap_or_else(|| conns_total.div_ceil(CONNS_PER_SOURCE)).max(1);
-    let sub_conn =
-        Arc::new(Connector::new(&addr, sources, args.source_addrs.is_some(), timeout).await?);
+    let explicit_sources = args.source_addrs.is_some();
+    // Subscribers over WebSocket connect to its listener, publishers to the
+    // native one.
+    let websocket = match args.transport {
+        Transport::Tcp => None,
+        Transport::Ws => Some(subscriber::WsTarget {
+            host: args
+                .ws_addr
+                .clone()
+                .unwrap_or_else(|| args.target.default_ws_addr().unwrap_or_default().to_string()),
+            path: args.target.ws_path().unwrap_or("/"),
+        }),
+    };
+    let sub_addr = websocket.as_ref().map_or(addr.as_str(), |w| w.host.as_str());
+    let sub_conn = Arc::new(Connector::new(sub_addr, sources, explicit_sources, timeout).await?);
+    let native_conn = if websocket.is_some() {
+        Arc::new(Connector::new(&addr, sources, explicit_sources, timeout).await?)
+    } else {
+        sub_conn.clone()
+    };
     let (pub_conn, pub_dialect, publish_via) = match &args.publish_redis {
         Some(spec) => {
             let raddr = redis_addr(spec)?;
@@ -268,7 +313,7 @@ pub async fn run(args: BenchArgs) -> Result<()> {
             let c = Connector::new(&raddr, 1, false, timeout).await?;
             (Arc::new(c), Dialect::Resp, format!("redis:{raddr}"))
         }
-        None => (sub_conn.clone(), args.target.dialect(), args.target.name().to_string()),
+        None => (native_conn.clone(), args.target.dialect(), args.target.name().to_string()),
     };
 
     let pid = args.server_pid;
@@ -299,6 +344,7 @@ pub async fn run(args: BenchArgs) -> Result<()> {
         .max(2 * (args.size + 128)),
         timeout,
         partial_line: args.partial_line,
+        websocket,
     });
     let gate = Arc::new(Semaphore::new(args.connect_concurrency));
     let (ready_tx, mut ready_rx) = mpsc::unbounded_channel();
@@ -472,7 +518,9 @@ pub async fn run(args: BenchArgs) -> Result<()> {
     let report = Report {
         target: args.target,
         mode: args.mode,
+        transport: args.transport,
         addr: sub_conn.server.to_string(),
+        publish_addr: pub_conn.server.to_string(),
         publish_via,
         subscribers: p.subscribers,
         publishers: p.publishers,

@@ -1,5 +1,7 @@
 //! One publisher connection: pipelined publishes with a bounded number in
 //! flight, optionally paced to a rate, replies counted by a reader task.
+//! Publishers always use the target's native protocol over TCP, whatever
+//! the subscribers' `--transport`.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -16,6 +18,7 @@ use tokio::time::Instant as TokioInstant;
 use super::net::Connector;
 use super::payload::Header;
 use super::targets::{self, Dialect, Encoder, Frame};
+use super::wire::Wire;
 
 /// What every publisher shares.
 pub struct Plan {
@@ -82,12 +85,12 @@ pub async fn connect(
     timeout: Duration,
 ) -> Result<(TcpStream, BytesMut)> {
     let mut stream = conn.connect(index).await?;
-    let mut buf = BytesMut::with_capacity(64 * 1024);
-    tokio::time::timeout(timeout, targets::publisher_hello(&mut stream, &mut buf, dialect))
+    let mut wire = Wire::tcp(dialect, BytesMut::with_capacity(64 * 1024));
+    tokio::time::timeout(timeout, targets::publisher_hello(&mut stream, &mut wire, dialect))
         .await
         .map_err(|_| anyhow!("publisher {index}: no answer to PING within {timeout:?}"))?
         .with_context(|| format!("publisher {index}"))?;
-    Ok((stream, buf))
+    Ok((stream, wire.into_buf()))
 }
 
 /// How many messages one NATS PING acknowledges: NATS does not answer PUB

@@ -9,6 +9,7 @@ use serde::Serialize;
 
 use super::Mode;
 use super::targets::Target;
+use super::wire::Transport;
 
 /// Latencies are recorded in nanoseconds, 3 significant digits, up to an hour.
 const MAX_LATENCY_NS: u64 = 3_600_000_000_000;
@@ -100,9 +101,14 @@ pub struct Report {
     // Parameters.
     pub target: Target,
     pub mode: Mode,
+    /// The subscribers' transport (publishers always use the native one).
+    pub transport: Transport,
+    /// Where the subscribers connect (the WebSocket listener with `ws`).
     pub addr: String,
     /// `target` itself, or `redis:ADDR` with `--publish-redis`.
     pub publish_via: String,
+    /// Where the publishers connect.
+    pub publish_addr: String,
     pub subscribers: usize,
     pub publishers: usize,
     pub channels: usize,
@@ -167,11 +173,13 @@ impl Report {
             (None, None) => "-".into(),
         };
         println!(
-            "crier-bench: target={} mode={} addr={} publish_via={}",
+            "crier-bench: target={} mode={} transport={} addr={} publish_via={} ({})",
             self.target.name(),
             self.mode.name(),
+            self.transport.name(),
             self.addr,
-            self.publish_via
+            self.publish_via,
+            self.publish_addr
         );
         println!(
             "  params:     subscribers={} publishers={} channels={} size={} B rate={} for {} window={}",

@@ -1,12 +1,13 @@
 //! One subscriber connection: subscribe, then read pushes until told to stop,
-//! checking sequence numbers and recording latencies.
+//! checking sequence numbers and recording latencies. Over TCP or WebSocket
+//! (`Plan::websocket`): the [`Wire`] hides the framing.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use anyhow::anyhow;
-use bytes::{Buf, BytesMut};
+use anyhow::{Context, anyhow};
+use bytes::BytesMut;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::{Semaphore, mpsc};
 
@@ -14,6 +15,8 @@ use super::net::Connector;
 use super::payload;
 use super::report::Latencies;
 use super::targets::{self, Dialect, Frame};
+use super::wire::Wire;
+use super::ws;
 
 /// State shared by all subscribers and watched by the orchestrator.
 pub struct Shared {
@@ -44,6 +47,15 @@ pub struct Plan {
     /// Send one byte without a newline once subscribed: a connection in the
     /// middle of a command line (what it costs the server is what is measured).
     pub partial_line: bool,
+    /// Subscribe over WebSocket (the `Connector` then points at its
+    /// listener): the HTTP `Host` and request path of the upgrade.
+    pub websocket: Option<WsTarget>,
+}
+
+/// Where the WebSocket upgrade goes.
+pub struct WsTarget {
+    pub host: String,
+    pub path: &'static str,
 }
 
 /// One subscriber's findings.
@@ -99,19 +111,29 @@ pub async fn run(
     let setup = async {
         let _permit = gate.acquire().await.map_err(|_| anyhow!("setup cancelled"))?;
         let mut stream = conn.connect(index).await?;
-        let mut buf = BytesMut::with_capacity(plan.buf_cap);
-        tokio::time::timeout(
-            plan.timeout,
-            targets::subscribe(&mut stream, &mut buf, plan.dialect, &channel),
-        )
-        .await
-        .map_err(|_| anyhow!("no subscribe confirmation within {:?}", plan.timeout))??;
+        let opened = async {
+            let mut wire = match &plan.websocket {
+                None => Wire::tcp(plan.dialect, BytesMut::with_capacity(plan.buf_cap)),
+                Some(t) => {
+                    let ep = ws::Endpoint { host: &t.host, path: t.path };
+                    let buf = ws::handshake(&mut stream, &ep, plan.buf_cap)
+                        .await
+                        .context("WebSocket handshake")?;
+                    Wire::websocket(plan.dialect, buf)?
+                }
+            };
+            targets::subscribe(&mut stream, &mut wire, plan.dialect, &channel).await?;
+            anyhow::Ok(wire)
+        };
+        let wire = tokio::time::timeout(plan.timeout, opened)
+            .await
+            .map_err(|_| anyhow!("no subscribe confirmation within {:?}", plan.timeout))??;
         if plan.partial_line {
             stream.write_all(b"P").await?;
         }
-        anyhow::Ok((stream, buf))
+        anyhow::Ok((stream, wire))
     };
-    let (mut stream, mut buf) = match setup.await {
+    let (mut stream, mut wire) = match setup.await {
         Ok(s) => {
             let _ = ready.send(Ok(()));
             s
@@ -128,10 +150,13 @@ pub async fn run(
     // Next expected sequence number per publisher (this connection has one channel).
     let mut next_seq = vec![0u64; plan.publishers];
     let mut lat: Vec<u64> = Vec::with_capacity(1024);
+    // Replies the wire owes the server (PONGs).
+    let mut out: Vec<u8> = Vec::new();
     let spare = (plan.buf_cap / 2).max(1024);
     loop {
+        let buf = wire.read_buf();
         buf.reserve(spare);
-        match stream.read_buf(&mut buf).await {
+        match stream.read_buf(buf).await {
             Ok(0) => {
                 st.error = Some("server closed the connection".into());
                 break;
@@ -144,49 +169,41 @@ pub async fn run(
         }
         // One clock read per batch: every message in it arrived by now.
         let now = shared.now_ns();
-        let mut used = 0;
         let mut got = 0u64;
-        let mut ping = false;
-        loop {
-            match targets::next_frame(plan.dialect, &buf[used..]) {
-                Ok(Some((frame, n))) => {
-                    used += n;
-                    match frame {
-                        Frame::Message(p) => {
-                            got += 1;
-                            let Some(h) = payload::read(p) else {
-                                st.corrupt += 1;
-                                continue;
-                            };
-                            let Some(next) = next_seq.get_mut(h.publisher as usize) else {
-                                st.corrupt += 1;
-                                continue;
-                            };
-                            if h.seq == *next {
-                                *next += 1;
-                            } else if h.seq > *next {
-                                st.gaps += h.seq - *next;
-                                *next = h.seq + 1;
-                            } else {
-                                st.reordered += 1;
-                            }
-                            lat.push(now.saturating_sub(h.sent_ns));
-                        }
-                        Frame::Ping => ping = true,
-                        Frame::Error(e) => {
-                            st.error = Some(format!("server said {:?}", targets::show(e)));
-                        }
-                        _ => {}
+        let parsed = wire.frames(&mut out, |frame| {
+            match frame {
+                Frame::Message(p) => {
+                    got += 1;
+                    let Some(h) = payload::read(p) else {
+                        st.corrupt += 1;
+                        return true;
+                    };
+                    let Some(next) = next_seq.get_mut(h.publisher as usize) else {
+                        st.corrupt += 1;
+                        return true;
+                    };
+                    if h.seq == *next {
+                        *next += 1;
+                    } else if h.seq > *next {
+                        st.gaps += h.seq - *next;
+                        *next = h.seq + 1;
+                    } else {
+                        st.reordered += 1;
                     }
+                    lat.push(now.saturating_sub(h.sent_ns));
                 }
-                Ok(None) => break,
-                Err(e) => {
-                    st.error = Some(format!("protocol: {e:#}"));
-                    break;
+                Frame::Error(e) => {
+                    st.error = Some(format!("server said {:?}", targets::show(e)));
                 }
+                _ => {}
             }
+            true
+        });
+        if let Err(e) = parsed
+            && st.error.is_none()
+        {
+            st.error = Some(format!("protocol: {e:#}"));
         }
-        buf.advance(used);
         if got > 0 {
             st.received += got;
             st.last_ns = now;
@@ -197,9 +214,12 @@ pub async fn run(
         if st.error.is_some() {
             break;
         }
-        if ping && let Err(e) = stream.write_all(b"PONG\r\n").await {
-            st.error = Some(format!("write: {e}"));
-            break;
+        if !out.is_empty() {
+            if let Err(e) = stream.write_all(&out).await {
+                st.error = Some(format!("write: {e}"));
+                break;
+            }
+            out.clear();
         }
     }
 }

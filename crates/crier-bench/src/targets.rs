@@ -1,19 +1,22 @@
-//! The wire dialects the bench speaks: crier (v2 pushes), Redis (RESP2) and
-//! NATS. Each has a small incremental parser over a `BytesMut` (crier's is
-//! `crier::protocol::push`, shared with the clients and the tests) and the
-//! request encoders, so one generic subscriber / publisher loop drives all three.
+//! The wire dialects the bench speaks: crier (v2 pushes over TCP, v1
+//! messages over WebSocket), Redis (RESP2) and NATS. Each has a small
+//! incremental parser over a `BytesMut` (crier's is `crier::protocol::push`,
+//! shared with the clients and the tests) and the request encoders, so one
+//! generic subscriber / publisher loop drives all three (through a [`Wire`],
+//! which adds the WebSocket framing where used).
 //!
 //! Parsers borrow from the read buffer and never allocate on the happy path:
 //! a read of 64 KiB may hold hundreds of frames and all are handled before the
 //! buffer is advanced once.
 
 use anyhow::{Context, Result, bail};
-use bytes::{Buf, BufMut, BytesMut};
+use bytes::{BufMut, BytesMut};
 use crier::protocol::push;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use super::payload::{self, Header};
+use super::wire::Wire;
 
 /// Which server the bench measures (`--target`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
@@ -31,6 +34,25 @@ impl Target {
             Target::Crier => "127.0.0.1:7070",
             Target::Redis => "127.0.0.1:6379",
             Target::Nats => "127.0.0.1:4222",
+        }
+    }
+
+    /// Where its WebSocket listener is out of the box (crier: `--http`;
+    /// NATS has no default, 8080 is the port its docs use).
+    pub fn default_ws_addr(self) -> Option<&'static str> {
+        match self {
+            Target::Crier => Some("127.0.0.1:7080"),
+            Target::Redis => None,
+            Target::Nats => Some("127.0.0.1:8080"),
+        }
+    }
+
+    /// The request path of the WebSocket upgrade; `None`: no WebSocket.
+    pub fn ws_path(self) -> Option<&'static str> {
+        match self {
+            Target::Crier => Some("/ws"),
+            Target::Redis => None,
+            Target::Nats => Some("/"),
         }
     }
 
@@ -157,6 +179,23 @@ fn crier_frame(buf: &[u8]) -> Result<Option<(Frame<'_>, usize)>> {
         },
     };
     Ok(Some((frame, used)))
+}
+
+/// One message of crier's WebSocket transport in version 1 (the default):
+/// a reply (text) or a delivery, the payload alone (text when UTF-8, else
+/// binary). The bench's payloads are lower-case hex and `x`, so no delivery
+/// reads as a reply.
+#[inline]
+pub fn crier_ws_message(text: bool, m: &[u8]) -> Frame<'_> {
+    if !text {
+        return Frame::Message(m);
+    }
+    match m {
+        b"CONFIRMED" | b"ALREADY SUBSCRIBED" => Frame::Ack,
+        b"PONG" => Frame::Pong,
+        l if l.starts_with(b"ERR ") => Frame::Error(l),
+        _ => Frame::Message(m),
+    }
 }
 
 fn nats_frame(buf: &[u8]) -> Result<Option<(Frame<'_>, usize)>> {
@@ -287,37 +326,40 @@ pub enum Want {
     Info,
 }
 
-/// Reads until `count` frames of kind `want` arrived. Server pings are
-/// answered, error replies fail. Callers bound it with a timeout.
+/// Reads until `count` frames of kind `want` arrived; frames after them stay
+/// buffered. Server pings are answered, error replies fail. Callers bound
+/// it with a timeout.
 pub async fn expect(
     stream: &mut TcpStream,
-    buf: &mut BytesMut,
-    d: Dialect,
+    wire: &mut Wire,
     want: Want,
     mut count: usize,
 ) -> Result<()> {
+    let mut out = Vec::new();
     while count > 0 {
-        let mut used = 0;
-        let mut ping = false;
-        while count > 0 {
-            let Some((frame, n)) = next_frame(d, &buf[used..])? else {
-                break;
-            };
-            used += n;
+        let mut refused = None;
+        wire.frames(&mut out, |frame| {
             match frame {
                 Frame::Ack if want == Want::Ack => count -= 1,
                 Frame::Pong if want == Want::Pong => count -= 1,
                 Frame::Info if want == Want::Info => count -= 1,
-                Frame::Ping => ping = true,
-                Frame::Error(e) => bail!("server replied {:?}", show(e)),
+                Frame::Error(e) => {
+                    refused = Some(show(e));
+                    return false;
+                }
                 _ => {}
             }
+            count > 0
+        })?;
+        if let Some(e) = refused {
+            bail!("server replied {e:?}");
         }
-        buf.advance(used);
-        if ping {
-            stream.write_all(b"PONG\r\n").await?;
+        if !out.is_empty() {
+            stream.write_all(&out).await?;
+            out.clear();
         }
         if count > 0 {
+            let buf = wire.read_buf();
             buf.reserve(4096);
             if stream.read_buf(buf).await? == 0 {
                 bail!("server closed the connection during the handshake");
@@ -327,52 +369,62 @@ pub async fn expect(
     Ok(())
 }
 
-const NATS_CONNECT: &[u8] = b"CONNECT {\"verbose\":false,\"pedantic\":false}\r\n";
+const NATS_CONNECT: &[u8] = b"CONNECT {\"verbose\":false,\"pedantic\":false}";
 
 /// Subscribes a fresh connection to `channel` and returns once the server
 /// has confirmed it, so that every message published afterwards must arrive.
+/// crier over TCP switches to version 2 pushes (`HELLO 2`); over WebSocket
+/// it keeps version 1, where a delivery is one message holding the payload.
 pub async fn subscribe(
     stream: &mut TcpStream,
-    buf: &mut BytesMut,
+    wire: &mut Wire,
     d: Dialect,
     channel: &str,
 ) -> Result<()> {
     let mut req = Vec::with_capacity(128);
+    let subscribe = format!("SUBSCRIBE {channel}");
     match d {
-        Dialect::Crier => {
-            req.extend_from_slice(format!("HELLO 2\r\nSUBSCRIBE {channel}\r\n").as_bytes());
+        Dialect::Crier if wire.is_websocket() => {
+            wire.put_line(&mut req, subscribe.as_bytes());
             stream.write_all(&req).await?;
-            expect(stream, buf, d, Want::Ack, 2).await
+            expect(stream, wire, Want::Ack, 1).await
+        }
+        Dialect::Crier => {
+            wire.put_line(&mut req, b"HELLO 2");
+            wire.put_line(&mut req, subscribe.as_bytes());
+            stream.write_all(&req).await?;
+            expect(stream, wire, Want::Ack, 2).await
         }
         Dialect::Resp => {
             resp_command(&mut req, &[b"SUBSCRIBE", channel.as_bytes()]);
             stream.write_all(&req).await?;
-            expect(stream, buf, d, Want::Ack, 1).await
+            expect(stream, wire, Want::Ack, 1).await
         }
         Dialect::Nats => {
-            expect(stream, buf, d, Want::Info, 1).await?;
-            req.extend_from_slice(NATS_CONNECT);
+            expect(stream, wire, Want::Info, 1).await?;
+            wire.put_line(&mut req, NATS_CONNECT);
             // The PONG to this PING proves the SUB before it was processed.
-            req.extend_from_slice(format!("SUB {channel} 1\r\nPING\r\n").as_bytes());
+            wire.put_line(&mut req, format!("SUB {channel} 1").as_bytes());
+            wire.put_line(&mut req, b"PING");
             stream.write_all(&req).await?;
-            expect(stream, buf, d, Want::Pong, 1).await
+            expect(stream, wire, Want::Pong, 1).await
         }
     }
 }
 
 /// Readies a publisher connection and checks the server answers on it.
-pub async fn publisher_hello(stream: &mut TcpStream, buf: &mut BytesMut, d: Dialect) -> Result<()> {
+pub async fn publisher_hello(stream: &mut TcpStream, wire: &mut Wire, d: Dialect) -> Result<()> {
     match d {
         Dialect::Crier => stream.write_all(b"PING\r\n").await?,
         Dialect::Resp => stream.write_all(b"*1\r\n$4\r\nPING\r\n").await?,
         Dialect::Nats => {
-            expect(stream, buf, d, Want::Info, 1).await?;
+            expect(stream, wire, Want::Info, 1).await?;
             let mut req = NATS_CONNECT.to_vec();
-            req.extend_from_slice(b"PING\r\n");
+            req.extend_from_slice(b"\r\nPING\r\n");
             stream.write_all(&req).await?;
         }
     }
-    expect(stream, buf, d, Want::Pong, 1).await
+    expect(stream, wire, Want::Pong, 1).await
 }
 
 /// Encodes publish requests: the per-channel prefix is computed once, so a
@@ -470,6 +522,21 @@ mod tests {
                 Frame::Error(b"-ERR 'Slow Consumer'")
             ]
         );
+    }
+
+    #[test]
+    fn crier_websocket_messages() {
+        assert_eq!(crier_ws_message(true, b"CONFIRMED"), Frame::Ack);
+        assert_eq!(crier_ws_message(true, b"ALREADY SUBSCRIBED"), Frame::Ack);
+        assert_eq!(crier_ws_message(true, b"PONG"), Frame::Pong);
+        assert_eq!(
+            crier_ws_message(true, b"ERR slow consumer"),
+            Frame::Error(b"ERR slow consumer")
+        );
+        assert_eq!(crier_ws_message(true, b"00000001abc"), Frame::Message(b"00000001abc"));
+        // A binary message is always a delivery, whatever it holds.
+        assert_eq!(crier_ws_message(false, b"CONFIRMED"), Frame::Message(b"CONFIRMED"));
+        assert_eq!(crier_ws_message(true, b""), Frame::Message(b""));
     }
 
     #[test]

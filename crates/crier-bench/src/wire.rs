@@ -1,0 +1,365 @@
+//! How a connection's bytes travel (`--transport`): the target's own
+//! protocol straight over TCP, or inside WebSocket frames. A [`Wire`] owns
+//! the read buffer and turns what was read into the dialect's [`Frame`]s,
+//! answering the server's pings itself; the subscriber and publisher loops
+//! see the same frames whatever the transport.
+//!
+//! Over WebSocket:
+//! - crier (`GET /ws`): every command and reply is one text message, and a
+//!   delivery in version 1 (the default, no `HELLO`) is one message holding
+//!   the payload alone, read in place from the buffer;
+//! - NATS (its `websocket` listener): its text protocol is a byte stream cut
+//!   into binary frames anywhere, so frame payloads are first joined in place
+//!   ([`ws::Deframer`]) and then parsed as over TCP.
+
+use anyhow::{Result, anyhow, bail};
+use bytes::{Buf, BytesMut};
+
+use super::targets::{self, Dialect, Frame};
+use super::ws;
+
+/// Which transport the subscribers use (`--transport`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Transport {
+    /// The target's native protocol over TCP.
+    Tcp,
+    /// WebSocket: crier's `GET /ws`, NATS's websocket listener.
+    Ws,
+}
+
+impl Transport {
+    pub fn name(self) -> &'static str {
+        match self {
+            Transport::Tcp => "tcp",
+            Transport::Ws => "ws",
+        }
+    }
+}
+
+/// One connection's framing and read buffer.
+pub enum Wire {
+    Tcp {
+        dialect: Dialect,
+        buf: BytesMut,
+    },
+    /// crier over WebSocket: one message per reply or delivery.
+    WsMessages(WsMessages),
+    /// A stream protocol (NATS) inside WebSocket frames.
+    WsStream {
+        dialect: Dialect,
+        buf: BytesMut,
+        deframer: ws::Deframer,
+    },
+}
+
+impl Wire {
+    pub fn tcp(dialect: Dialect, buf: BytesMut) -> Self {
+        Wire::Tcp { dialect, buf }
+    }
+
+    /// A WebSocket wire for `dialect`, `buf` holding what followed the
+    /// handshake response.
+    pub fn websocket(dialect: Dialect, buf: BytesMut) -> Result<Self> {
+        Ok(match dialect {
+            Dialect::Crier => Wire::WsMessages(WsMessages { buf, frag: Vec::new(), frag_op: None }),
+            Dialect::Nats => Wire::WsStream { dialect, buf, deframer: ws::Deframer::default() },
+            Dialect::Resp => bail!("Redis has no WebSocket transport"),
+        })
+    }
+
+    pub fn is_websocket(&self) -> bool {
+        !matches!(self, Wire::Tcp { .. })
+    }
+
+    /// Where reads land.
+    pub fn read_buf(&mut self) -> &mut BytesMut {
+        match self {
+            Wire::Tcp { buf, .. } | Wire::WsStream { buf, .. } => buf,
+            Wire::WsMessages(m) => &mut m.buf,
+        }
+    }
+
+    pub fn into_buf(self) -> BytesMut {
+        match self {
+            Wire::Tcp { buf, .. } | Wire::WsStream { buf, .. } => buf,
+            Wire::WsMessages(m) => m.buf,
+        }
+    }
+
+    /// Appends one command line (given without its line end) to `out` as
+    /// this wire sends it: with CRLF over TCP; over WebSocket a masked text
+    /// message (crier) or the line with CRLF in a masked binary frame (NATS).
+    pub fn put_line(&self, out: &mut Vec<u8>, line: &[u8]) {
+        match self {
+            Wire::Tcp { .. } => {
+                out.extend_from_slice(line);
+                out.extend_from_slice(b"\r\n");
+            }
+            Wire::WsMessages(_) => ws::put_frame(out, ws::OP_TEXT, &[line], ws::mask_key()),
+            Wire::WsStream { .. } => {
+                ws::put_frame(out, ws::OP_BINARY, &[line, b"\r\n"], ws::mask_key())
+            }
+        }
+    }
+
+    /// Handles the complete frames read so far, in order: each goes to `f`
+    /// until it returns `false` (the rest stays buffered). The server's pings
+    /// (NATS `PING`, WebSocket ping frames) are answered into `out`, which
+    /// the caller writes. An error ends the connection; frames before it
+    /// have been handed over.
+    #[inline]
+    pub fn frames<F: FnMut(Frame<'_>) -> bool>(&mut self, out: &mut Vec<u8>, f: F) -> Result<()> {
+        match self {
+            Wire::Tcp { dialect, buf } => {
+                let used =
+                    stream_frames(*dialect, buf, out, f, |out| out.extend_from_slice(b"PONG\r\n"));
+                buf.advance(used.0);
+                used.1
+            }
+            Wire::WsMessages(m) => m.frames(out, f),
+            Wire::WsStream { dialect, buf, deframer } => {
+                let deframed = deframer.deframe(buf, |c| match c {
+                    ws::Control::Ping(p) => {
+                        ws::put_frame(out, ws::OP_PONG, &[p], ws::mask_key());
+                        Ok(())
+                    }
+                    ws::Control::Pong => Ok(()),
+                    ws::Control::Close(p) => bail!("server sent a {}", ws::describe_close(p)),
+                });
+                // Whatever arrived before a close or a broken frame is used first.
+                let n = deframer.stream_len();
+                let (used, parsed) = stream_frames(*dialect, &buf[..n], out, f, |out| {
+                    ws::put_frame(out, ws::OP_BINARY, &[b"PONG\r\n"], ws::mask_key())
+                });
+                deframer.consume(buf, used);
+                parsed.and(deframed)
+            }
+        }
+    }
+}
+
+/// Parses the dialect's frames from `buf` until one is incomplete or `f`
+/// says stop: the bytes used and how it ended.
+#[inline]
+fn stream_frames<F: FnMut(Frame<'_>) -> bool>(
+    d: Dialect,
+    buf: &[u8],
+    out: &mut Vec<u8>,
+    mut f: F,
+    pong: impl Fn(&mut Vec<u8>),
+) -> (usize, Result<()>) {
+    let mut used = 0;
+    loop {
+        match targets::next_frame(d, &buf[used..]) {
+            Ok(Some((frame, n))) => {
+                used += n;
+                if frame == Frame::Ping {
+                    pong(out);
+                } else if !f(frame) {
+                    return (used, Ok(()));
+                }
+            }
+            Ok(None) => return (used, Ok(())),
+            Err(e) => return (used, Err(e)),
+        }
+    }
+}
+
+/// crier over WebSocket: each WebSocket message is one reply or one
+/// delivery. Messages arrive whole in one frame, read in place; a message
+/// fragmented over several frames (allowed, not expected) is assembled aside.
+pub struct WsMessages {
+    buf: BytesMut,
+    frag: Vec<u8>,
+    /// The opcode of the fragmented message being assembled.
+    frag_op: Option<u8>,
+}
+
+impl WsMessages {
+    #[inline]
+    fn frames<F: FnMut(Frame<'_>) -> bool>(&mut self, out: &mut Vec<u8>, mut f: F) -> Result<()> {
+        let mut used = 0;
+        let result = loop {
+            let (h, p, n) = match ws::next_frame(&self.buf[used..]) {
+                Ok(Some(frame)) => frame,
+                Ok(None) => break Ok(()),
+                Err(e) => break Err(e),
+            };
+            used += n;
+            match (h.opcode, self.frag_op) {
+                (ws::OP_TEXT | ws::OP_BINARY, None) if h.fin => {
+                    if !f(targets::crier_ws_message(h.opcode == ws::OP_TEXT, p)) {
+                        break Ok(());
+                    }
+                }
+                (ws::OP_TEXT | ws::OP_BINARY, None) => {
+                    self.frag_op = Some(h.opcode);
+                    self.frag.extend_from_slice(p);
+                }
+                (ws::OP_CONTINUATION, Some(op)) => {
+                    self.frag.extend_from_slice(p);
+                    if h.fin {
+                        self.frag_op = None;
+                        let go_on = f(targets::crier_ws_message(op == ws::OP_TEXT, &self.frag));
+                        self.frag.clear();
+                        if !go_on {
+                            break Ok(());
+                        }
+                    }
+                }
+                (ws::OP_PING, _) => ws::put_frame(out, ws::OP_PONG, &[p], ws::mask_key()),
+                (ws::OP_PONG, _) => {}
+                (ws::OP_CLOSE, _) => break Err(anyhow!("server sent a {}", ws::describe_close(p))),
+                (op, _) => break Err(anyhow!("WebSocket frame out of sequence (opcode {op:#x})")),
+            }
+        };
+        self.buf.advance(used);
+        result
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn server_frame(opcode: u8, fin: bool, payload: &[u8]) -> Vec<u8> {
+        assert!(payload.len() < 126);
+        let mut out = vec![if fin { 0x80 } else { 0 } | opcode, payload.len() as u8];
+        out.extend_from_slice(payload);
+        out
+    }
+
+    /// Unmasks the client frames in `out`: (opcode, payload) each.
+    fn client_frames(mut out: &[u8]) -> Vec<(u8, Vec<u8>)> {
+        let mut v = Vec::new();
+        while !out.is_empty() {
+            let len = usize::from(out[1] & 0x7f);
+            assert!(len < 126 && out[1] & 0x80 != 0);
+            let mask = [out[2], out[3], out[4], out[5]];
+            let p = out[6..6 + len].iter().enumerate().map(|(i, b)| b ^ mask[i & 3]).collect();
+            v.push((out[0] & 0x0f, p));
+            out = &out[6 + len..];
+        }
+        v
+    }
+
+    /// Feeds `input` to the wire split at `cut`; returns the frames seen (as
+    /// text), the bytes written back, and the error, if any.
+    fn run(mut wire: Wire, input: &[u8], cut: usize) -> (Vec<String>, Vec<u8>, Option<String>) {
+        let (mut seen, mut out) = (Vec::new(), Vec::new());
+        for part in [&input[..cut], &input[cut..]] {
+            wire.read_buf().extend_from_slice(part);
+            let r = wire.frames(&mut out, |f| {
+                seen.push(match f {
+                    Frame::Message(p) => format!("msg {}", String::from_utf8_lossy(p)),
+                    other => format!("{other:?}"),
+                });
+                true
+            });
+            if let Err(e) = r {
+                return (seen, out, Some(e.to_string()));
+            }
+        }
+        (seen, out, None)
+    }
+
+    #[test]
+    fn crier_messages_at_every_split() {
+        let mut input = server_frame(ws::OP_TEXT, true, b"CONFIRMED");
+        input.extend(server_frame(ws::OP_TEXT, true, b"0000hello"));
+        input.extend(server_frame(ws::OP_PING, true, b"k"));
+        input.extend(server_frame(ws::OP_BINARY, true, &[0xff, 0x00]));
+        input.extend(server_frame(ws::OP_TEXT, false, b"frag"));
+        input.extend(server_frame(ws::OP_PING, true, b""));
+        input.extend(server_frame(ws::OP_CONTINUATION, true, b"ment"));
+        input.extend(server_frame(ws::OP_TEXT, true, b"ERR slow consumer"));
+        input.extend(server_frame(ws::OP_CLOSE, true, &[0x03, 0xf0]));
+        for cut in 0..=input.len() {
+            let wire = Wire::websocket(Dialect::Crier, BytesMut::new()).expect("wire");
+            let (seen, out, err) = run(wire, &input, cut);
+            assert_eq!(
+                seen,
+                [
+                    "Ack",
+                    "msg 0000hello",
+                    "msg \u{fffd}\0",
+                    "msg fragment",
+                    "Error([69, 82, 82, 32, 115, 108, 111, 119, 32, 99, 111, 110, 115, 117, 109, 101, 114])"
+                ],
+                "cut {cut}"
+            );
+            assert_eq!(
+                client_frames(&out),
+                [(ws::OP_PONG, b"k".to_vec()), (ws::OP_PONG, vec![])],
+                "cut {cut}"
+            );
+            assert_eq!(err.as_deref(), Some("server sent a close frame 1008 \"\""), "cut {cut}");
+        }
+    }
+
+    #[test]
+    fn nats_stream_at_every_split() {
+        let text = b"INFO {}\r\nPING\r\nMSG bench.0 1 4\r\nabcd\r\n-ERR 'Slow Consumer'\r\n";
+        let mut input = server_frame(ws::OP_BINARY, true, &text[..12]);
+        input.extend(server_frame(ws::OP_PING, true, b"z"));
+        input.extend(server_frame(ws::OP_BINARY, true, &text[12..33]));
+        input.extend(server_frame(ws::OP_BINARY, true, &text[33..]));
+        input.extend(server_frame(ws::OP_CLOSE, true, &[0x03, 0xe8, b'x']));
+        for cut in 0..=input.len() {
+            let wire = Wire::websocket(Dialect::Nats, BytesMut::new()).expect("wire");
+            let (seen, out, err) = run(wire, &input, cut);
+            assert_eq!(
+                seen[..2],
+                ["Info", "msg abcd"],
+                "cut {cut}: NATS PING answered by the wire, not shown"
+            );
+            assert!(seen[2].starts_with("Error("), "cut {cut}: {seen:?}");
+            assert_eq!(
+                client_frames(&out),
+                [(ws::OP_PONG, b"z".to_vec()), (ws::OP_BINARY, b"PONG\r\n".to_vec())],
+                "cut {cut}"
+            );
+            assert_eq!(err.as_deref(), Some("server sent a close frame 1000 \"x\""), "cut {cut}");
+        }
+    }
+
+    #[test]
+    fn stop_leaves_the_rest_buffered() {
+        let mut wire = Wire::websocket(Dialect::Crier, BytesMut::new()).expect("wire");
+        for p in [&b"CONFIRMED"[..], b"0000a", b"0000b"] {
+            wire.read_buf().extend_from_slice(&server_frame(ws::OP_TEXT, true, p));
+        }
+        let mut out = Vec::new();
+        let mut n = 0;
+        wire.frames(&mut out, |_| {
+            n += 1;
+            false
+        })
+        .expect("frames");
+        assert_eq!(n, 1);
+        let mut rest = Vec::new();
+        wire.frames(&mut out, |f| {
+            rest.push(format!("{f:?}"));
+            true
+        })
+        .expect("frames");
+        assert_eq!(rest, ["Message([48, 48, 48, 48, 97])", "Message([48, 48, 48, 48, 98])"]);
+    }
+
+    #[test]
+    fn command_lines() {
+        let mut out = Vec::new();
+        Wire::tcp(Dialect::Crier, BytesMut::new()).put_line(&mut out, b"SUBSCRIBE a");
+        assert_eq!(out, b"SUBSCRIBE a\r\n");
+        out.clear();
+        let crier = Wire::websocket(Dialect::Crier, BytesMut::new()).expect("wire");
+        crier.put_line(&mut out, b"SUBSCRIBE a");
+        assert_eq!(client_frames(&out), [(ws::OP_TEXT, b"SUBSCRIBE a".to_vec())]);
+        out.clear();
+        let nats = Wire::websocket(Dialect::Nats, BytesMut::new()).expect("wire");
+        nats.put_line(&mut out, b"SUB a 1");
+        assert_eq!(client_frames(&out), [(ws::OP_BINARY, b"SUB a 1\r\n".to_vec())]);
+        assert!(Wire::websocket(Dialect::Resp, BytesMut::new()).is_err());
+    }
+}
