@@ -7,6 +7,10 @@ use clap::Args;
 use serde::Deserialize;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
+
+use crate::auth::{Auth, KeySources};
+use crate::tls::Tls;
 
 /// Default listen address: loopback only, so that a first run exposes nothing.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:7070";
@@ -59,6 +63,56 @@ pub struct ServeArgs {
     /// Answer `PUBLISH` from clients with `ERR forbidden` (only the backend publishes).
     #[arg(long, env = "CRIER_DENY_PUBLISH")]
     pub deny_publish: Option<bool>,
+    #[command(flatten)]
+    pub keys: KeyArgs,
+    /// PEM certificate chain: the TCP listener speaks TLS, the HTTP one HTTPS and WSS (SIGHUP reloads it).
+    #[arg(long, env = "CRIER_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert.
+    #[arg(long, env = "CRIER_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// With auth on: channels (comma-separated globs) a client without a token may subscribe to [default: none].
+    #[arg(long, env = "CRIER_ANONYMOUS_SUBSCRIBE")]
+    pub anonymous_subscribe: Option<String>,
+    /// With auth on: channels (comma-separated globs) a client without a token may publish to [default: none].
+    #[arg(long, env = "CRIER_ANONYMOUS_PUBLISH")]
+    pub anonymous_publish: Option<String>,
+}
+
+/// The keys that verify tokens (`serve`) or sign them (`token`, HMAC). Auth is
+/// on when any is given.
+#[derive(Args, Debug, Default, Clone)]
+pub struct KeyArgs {
+    /// HMAC secret for HS256/384/512 tokens (at least 32 bytes; prefer the file or the environment).
+    #[arg(long, env = "CRIER_AUTH_HMAC_SECRET", hide_env_values = true)]
+    pub auth_hmac_secret: Option<Secret>,
+    /// File holding the HMAC secret (trailing white space ignored).
+    #[arg(long, env = "CRIER_AUTH_HMAC_SECRET_FILE")]
+    pub auth_hmac_secret_file: Option<PathBuf>,
+    /// PEM public key (RSA, EC P-256/P-384, Ed25519) for RS*/PS*/ES*/EdDSA tokens; repeat to accept several (rotation).
+    #[arg(long, env = "CRIER_AUTH_PUBLIC_KEY", value_delimiter = ',')]
+    pub auth_public_key: Vec<PathBuf>,
+    /// JWK set file (JSON) of public keys, accepted beside the others.
+    #[arg(long, env = "CRIER_AUTH_JWKS")]
+    pub auth_jwks: Option<PathBuf>,
+}
+
+/// A secret from a flag or the environment: never shown by `Debug`.
+#[derive(Clone, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(pub String);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(..)")
+    }
+}
+
+impl std::str::FromStr for Secret {
+    type Err = std::convert::Infallible;
+    fn from_str(text: &str) -> Result<Secret, Self::Err> {
+        Ok(Secret(text.to_string()))
+    }
 }
 
 /// The config file: the same keys as the flags.
@@ -78,6 +132,14 @@ struct FileConfig {
     max_channels: Option<usize>,
     max_connections: Option<usize>,
     deny_publish: Option<bool>,
+    auth_hmac_secret: Option<Secret>,
+    auth_hmac_secret_file: Option<PathBuf>,
+    auth_public_key: Option<Vec<PathBuf>>,
+    auth_jwks: Option<PathBuf>,
+    anonymous_subscribe: Option<String>,
+    anonymous_publish: Option<String>,
+    tls_cert: Option<PathBuf>,
+    tls_key: Option<PathBuf>,
 }
 
 /// The settings a running server uses.
@@ -95,7 +157,10 @@ pub struct Config {
     pub max_subscriptions: usize,
     pub max_channels: usize,
     pub max_connections: usize,
-    pub deny_publish: bool,
+    /// Keys and anonymous permissions (`--deny-publish` folded in).
+    pub auth: Arc<Auth>,
+    /// Certificate and key of both listeners, when TLS is on.
+    pub tls: Option<Tls>,
 }
 
 impl Default for Config {
@@ -112,7 +177,8 @@ impl Default for Config {
             max_subscriptions: 10_000,
             max_channels: 1_000_000,
             max_connections: 10_000,
-            deny_publish: false,
+            auth: Arc::new(Auth::off(false)),
+            tls: None,
         }
     }
 }
@@ -156,7 +222,29 @@ impl ServeArgs {
                 .max_connections
                 .or(file.max_connections)
                 .unwrap_or(default.max_connections),
-            deny_publish: self.deny_publish.or(file.deny_publish).unwrap_or(default.deny_publish),
+            auth: Arc::new(Auth::load(
+                &KeySources {
+                    hmac_secret: self.keys.auth_hmac_secret.or(file.auth_hmac_secret).map(|s| s.0),
+                    hmac_secret_file: self
+                        .keys
+                        .auth_hmac_secret_file
+                        .or(file.auth_hmac_secret_file),
+                    public_keys: if self.keys.auth_public_key.is_empty() {
+                        file.auth_public_key.unwrap_or_default()
+                    } else {
+                        self.keys.auth_public_key
+                    },
+                    jwks: self.keys.auth_jwks.or(file.auth_jwks),
+                },
+                &self.anonymous_subscribe.or(file.anonymous_subscribe).unwrap_or_default(),
+                &self.anonymous_publish.or(file.anonymous_publish).unwrap_or_default(),
+                self.deny_publish.or(file.deny_publish).unwrap_or(false),
+            )?),
+            tls: match (self.tls_cert.or(file.tls_cert), self.tls_key.or(file.tls_key)) {
+                (Some(cert), Some(key)) => Some(Tls::load(&cert, &key)?),
+                (None, None) => None,
+                _ => bail!("--tls-cert and --tls-key go together"),
+            },
         };
         config.validate()?;
         Ok(config)

@@ -29,4 +29,5 @@ pub mod protocol;
 pub mod server;
 pub mod session;
 pub mod sys;
+pub mod tls;
 pub mod transport;

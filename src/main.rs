@@ -6,7 +6,7 @@ use std::io::IsTerminal;
 use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
 
-use crier::client::{interactive, publish, subscribe};
+use crier::client::{interactive, publish, subscribe, token};
 use crier::config::ServeArgs;
 
 #[derive(Parser, Debug)]
@@ -19,17 +19,21 @@ struct Cli {
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Run the server (embedded broker unless --redis is given).
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Interactive client: type commands, see replies and messages as they arrive.
     Client {
         /// Server address.
         #[arg(env = "CRIER_ADDR", default_value = crier::client::DEFAULT_ADDR)]
         addr: String,
+        #[command(flatten)]
+        security: crier::client::Security,
     },
     /// Print the messages of channels and patterns until interrupted.
     Sub(subscribe::SubArgs),
     /// Publish a message (or one per line of standard input).
     Pub(publish::PubArgs),
+    /// Print a signed token for development (the server's HMAC secret, or a private key).
+    Token(token::TokenArgs),
 }
 
 fn main() {
@@ -57,7 +61,7 @@ fn main() {
 async fn run(command: Command) -> anyhow::Result<()> {
     match command {
         Command::Serve(args) => {
-            let config = args.resolve()?;
+            let config = (*args).resolve()?;
             let listener = tokio::net::TcpListener::bind(config.listen)
                 .await
                 .with_context(|| format!("cannot listen on {}", config.listen))?;
@@ -76,8 +80,9 @@ async fn run(command: Command) -> anyhow::Result<()> {
             signals.await??;
             served
         }
-        Command::Client { addr } => interactive::run(&addr).await,
+        Command::Client { addr, security } => interactive::run(&addr, &security).await,
         Command::Sub(args) => subscribe::run(args).await,
         Command::Pub(args) => publish::run(args).await,
+        Command::Token(args) => token::run(args),
     }
 }

@@ -522,8 +522,16 @@ impl Batch {
     /// Writes with `try_write` until done or the sink would block, removing
     /// what was written; a partly written frame stays as its rest.
     pub fn write_to<S: ?Sized + Sink>(&mut self, sink: &S) -> io::Result<()> {
+        self.write_with(|frames| sink.try_write(frames))
+    }
+
+    /// [`Batch::write_to`] through any non-blocking vectored write.
+    pub fn write_with(
+        &mut self,
+        mut write: impl FnMut(&[IoSlice<'_>]) -> io::Result<usize>,
+    ) -> io::Result<()> {
         while !self.is_empty() {
-            let written = match self.write_once(sink) {
+            let written = match self.write_once(&mut write) {
                 Ok(written) => written,
                 Err(error) if error.kind() == io::ErrorKind::WouldBlock => return Ok(()),
                 Err(error) => return Err(error),
@@ -537,7 +545,10 @@ impl Batch {
     /// One `writev` of the first frames. Few frames (the usual case: one
     /// message to an idle subscriber) use a small array on the stack, many a
     /// heap array, so that no call pays for more slices than it sends.
-    fn write_once<S: ?Sized + Sink>(&self, sink: &S) -> io::Result<usize> {
+    fn write_once(
+        &self,
+        write: &mut impl FnMut(&[IoSlice<'_>]) -> io::Result<usize>,
+    ) -> io::Result<usize> {
         const ON_STACK: usize = 8;
         let count = (usize::from(self.rest.is_some()) + self.entries.len()).min(MAX_SLICES);
         if count <= ON_STACK {
@@ -545,10 +556,10 @@ impl Batch {
             for (slice, frame) in slices.iter_mut().zip(self.frames()) {
                 *slice = IoSlice::new(frame);
             }
-            sink.try_write(&slices[..count])
+            write(&slices[..count])
         } else {
             let slices: Vec<IoSlice<'_>> = self.frames().take(count).map(IoSlice::new).collect();
-            sink.try_write(&slices)
+            write(&slices)
         }
     }
 

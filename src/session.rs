@@ -11,9 +11,10 @@
 
 use bytes::Bytes;
 use std::sync::Arc;
+use std::time::SystemTime;
 
 use crate::auth::{Action, Permissions};
-use crate::broker::{Broker, Topic};
+use crate::broker::{Broker, Kind, Topic};
 use crate::config::Config;
 use crate::metrics;
 use crate::outbox::{Flush, Outbox};
@@ -35,7 +36,8 @@ pub struct Session<B: Broker> {
     config: Arc<Config>,
     outbox: Arc<Outbox>,
     framing: Framing,
-    permissions: Permissions,
+    /// What the connection may do: the anonymous permissions, or a token's.
+    permissions: Arc<Permissions>,
     /// What this connection is subscribed to, channels and patterns. A `Vec`:
     /// most connections hold a handful, and it is the smallest when idle;
     /// lookups are linear in at most `--max-subscriptions`.
@@ -52,7 +54,7 @@ impl<B: Broker> Session<B> {
         outbox: Arc<Outbox>,
         framing: Framing,
     ) -> Session<B> {
-        let permissions = Permissions::anonymous(&config);
+        let permissions = config.auth.anonymous();
         Session {
             broker,
             config,
@@ -111,6 +113,23 @@ impl<B: Broker> Session<B> {
                 self.outbox.push_and_switch(reply, version, &mut self.flush);
             }
             Command::Hello(Hello::Unsupported) => self.reply(Error::UnsupportedVersion.into()),
+            Command::Auth(token) => {
+                let reply = if !self.config.auth.enabled() {
+                    Error::AuthDisabled.into()
+                } else {
+                    match self.config.auth.verify(&token) {
+                        Ok(permissions) => {
+                            self.authorize(permissions);
+                            Reply::Confirmed
+                        }
+                        Err(why) => {
+                            tracing::debug!(id = self.outbox.id(), reason = %why.0, "token refused");
+                            Error::InvalidToken.into()
+                        }
+                    }
+                };
+                self.reply(reply);
+            }
             Command::Quit => {
                 self.reply(Reply::Bye);
                 return Control::Quit;
@@ -129,6 +148,28 @@ impl<B: Broker> Session<B> {
     /// Sends the error that ends the connection (`ERR line too long`).
     pub fn fail(&mut self, error: Error) {
         self.reply(error.into());
+    }
+
+    /// Takes a token's permissions (from `AUTH`, or from the web request that
+    /// opened the connection): subscriptions they no longer allow end.
+    pub fn authorize(&mut self, permissions: Permissions) {
+        let permissions = Arc::new(permissions);
+        let kept = |topic: &Topic| match topic.kind {
+            Kind::Channel => permissions.allows(Action::Subscribe, &topic.name),
+            Kind::Pattern => permissions.allows_pattern(&topic.name),
+        };
+        let (keep, drop): (Vec<Topic>, Vec<Topic>) = self.topics.drain(..).partition(kept);
+        self.topics = keep;
+        for topic in drop {
+            self.broker.unsubscribe(&topic, self.outbox.id());
+            metrics::get().subscriptions.dec();
+        }
+        self.permissions = permissions;
+    }
+
+    /// When the connection's token expires, if it has one.
+    pub fn expires(&self) -> Option<SystemTime> {
+        self.permissions.expires()
     }
 
     /// Queues a frame of the transport's own (a WebSocket pong or close), in
@@ -165,6 +206,14 @@ impl<B: Broker> Session<B> {
         if self.topics.contains(&topic) {
             self.reply(Reply::AlreadySubscribed);
             return Reply::AlreadySubscribed;
+        }
+        let allowed = match topic.kind {
+            Kind::Channel => self.permissions.allows(Action::Subscribe, &topic.name),
+            Kind::Pattern => self.permissions.allows_pattern(&topic.name),
+        };
+        if !allowed {
+            self.reply(Error::Forbidden.into());
+            return Error::Forbidden.into();
         }
         if self.topics.len() >= self.config.max_subscriptions {
             self.reply(Error::TooManySubscriptions.into());

@@ -180,7 +180,6 @@ struct Lost;
 impl Subscriber {
     async fn run(mut self) {
         while let Some(mut link) = self.connect().await {
-            self.set_connected(true);
             let served = self.serve(&mut link).await;
             self.set_connected(false);
             link.reader.abort();
@@ -266,6 +265,8 @@ impl Subscriber {
         send(&mut sink, Change::Subscribe, &topics).await?;
         let reader = tokio::spawn(read_messages(stream, Arc::clone(&self.registry)));
         self.set_publisher(Some(publisher));
+        // Before the log line, which tests and operators take as "ready".
+        self.set_connected(true);
         tracing::info!("redis: connected; {} channels and patterns subscribed", topics.len());
         Ok(Link { sink, reader })
     }

@@ -7,10 +7,13 @@ use anyhow::Context;
 use std::io::Write;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 
-use super::{Frame, FrameReader, connect};
+use super::{Frame, FrameReader, Security, auth_line, connect};
 
-pub async fn run(addr: &str) -> anyhow::Result<()> {
-    let (reader, mut writer) = connect(addr).await?.into_split();
+pub async fn run(addr: &str, security: &Security) -> anyhow::Result<()> {
+    let (reader, mut writer) = connect(addr, security).await?;
+    if let Some(auth) = auth_line(security) {
+        writer.write_all(&auth).await.context("sending to crier")?;
+    }
     eprintln!("connected to {addr}; type commands (SUBSCRIBE, PUBLISH ch text, HELLO 2, QUIT...)");
     let mut printer = tokio::spawn(print_frames(FrameReader::new(reader)));
 

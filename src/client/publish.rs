@@ -5,7 +5,7 @@ use anyhow::{Context, bail};
 use clap::Args;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 
-use super::{DEFAULT_ADDR, Frame, FrameReader, connect};
+use super::{DEFAULT_ADDR, Frame, FrameReader, Security, auth_line, connect};
 
 #[derive(Args, Debug)]
 pub struct PubArgs {
@@ -16,18 +16,25 @@ pub struct PubArgs {
     /// Server address.
     #[arg(long, env = "CRIER_ADDR", default_value = DEFAULT_ADDR)]
     pub addr: String,
+    #[command(flatten)]
+    pub security: Security,
 }
 
 pub async fn run(args: PubArgs) -> anyhow::Result<()> {
     if args.message != "-" && args.message.contains(['\r', '\n']) {
         bail!("a message cannot hold CR or LF (use `-` to publish one message per line)");
     }
-    let (reader, mut writer) = connect(&args.addr).await?.into_split();
+    let (reader, mut writer) = connect(&args.addr, &args.security).await?;
+    let auth = auth_line(&args.security);
     let prefix = format!("PUBLISH {} ", args.channel).into_bytes();
 
     // Send and read replies at once, so a long input never fills both ways.
     let send = async move {
         let mut sent = 0usize;
+        if let Some(auth) = &auth {
+            writer.write_all(auth).await.context("sending to crier")?;
+            sent += 1;
+        }
         let mut publish = |message: &[u8]| {
             sent += 1;
             [&prefix[..], message, b"\r\n"].concat()

@@ -7,7 +7,7 @@ use clap::Args;
 use std::io::Write;
 use tokio::io::AsyncWriteExt;
 
-use super::{DEFAULT_ADDR, Frame, FrameReader, connect};
+use super::{DEFAULT_ADDR, Frame, FrameReader, Security, auth_line, connect};
 
 #[derive(Args, Debug)]
 pub struct SubArgs {
@@ -22,14 +22,18 @@ pub struct SubArgs {
     /// Server address.
     #[arg(long, env = "CRIER_ADDR", default_value = DEFAULT_ADDR)]
     pub addr: String,
+    #[command(flatten)]
+    pub security: Security,
 }
 
 pub async fn run(args: SubArgs) -> anyhow::Result<()> {
     if args.channels.is_empty() && args.patterns.is_empty() {
         bail!("name at least one channel or --pattern");
     }
-    let (reader, mut writer) = connect(&args.addr).await?.into_split();
-    let mut request = b"HELLO 2\r\n".to_vec();
+    let (reader, mut writer) = connect(&args.addr, &args.security).await?;
+    let auth = auth_line(&args.security);
+    let mut request = auth.clone().unwrap_or_default();
+    request.extend_from_slice(b"HELLO 2\r\n");
     for (command, names) in [("SUBSCRIBE", &args.channels), ("PSUBSCRIBE", &args.patterns)] {
         if !names.is_empty() {
             request.extend_from_slice(format!("{command} {}\r\n", names.join(" ")).as_bytes());
@@ -38,7 +42,8 @@ pub async fn run(args: SubArgs) -> anyhow::Result<()> {
     writer.write_all(&request).await.context("sending to crier")?;
 
     let mut frames = FrameReader::new(reader);
-    let mut unconfirmed = 1 + args.channels.len() + args.patterns.len();
+    let mut unconfirmed =
+        usize::from(auth.is_some()) + 1 + args.channels.len() + args.patterns.len();
     let mut out = std::io::stdout().lock();
     while let Some(frame) = frames.next().await? {
         match frame {

@@ -27,6 +27,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tower_service::Service;
 
+use crate::auth::Permissions;
 use crate::broker::Broker;
 use crate::config::Config;
 use crate::protocol::reply::Error;
@@ -90,6 +91,43 @@ pub fn error(status: StatusCode, error: Error) -> Response {
     (status, format!("ERR {error}\n")).into_response()
 }
 
+/// The token a request carries (`Authorization: Bearer`, else `?token=`),
+/// checked: `Ok(None)` without one (or with auth off, where a token changes
+/// nothing), `Err` with the `401` to answer when it does not verify.
+pub fn credentials(
+    config: &Config,
+    headers: &axum::http::HeaderMap,
+    query_token: Option<&[u8]>,
+) -> Result<Option<Permissions>, Box<Response>> {
+    let bearer = headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|value| value.as_bytes().strip_prefix(b"Bearer "));
+    let Some(token) = bearer.or(query_token) else {
+        return Ok(None);
+    };
+    if !config.auth.enabled() {
+        return Ok(None);
+    }
+    match config.auth.verify(token) {
+        Ok(permissions) => Ok(Some(permissions)),
+        Err(why) => {
+            tracing::debug!(reason = %why.0, "token refused");
+            Err(Box::new(error(StatusCode::UNAUTHORIZED, Error::InvalidToken)))
+        }
+    }
+}
+
+/// A refusal: `401` when the client gave no token and one could help (auth
+/// is on), `403` otherwise.
+pub fn forbidden(config: &Config, had_token: bool) -> Response {
+    let status = if config.auth.enabled() && !had_token {
+        StatusCode::UNAUTHORIZED
+    } else {
+        StatusCode::FORBIDDEN
+    };
+    error(status, Error::Forbidden)
+}
+
 /// Serves HTTP on `listener` until `web.closing`; each connection takes a
 /// slot of `slots` (shared with the line protocol's listener).
 pub async fn serve<B: Broker>(listener: TcpListener, web: Web<B>, slots: Arc<Semaphore>) {
@@ -114,23 +152,31 @@ pub async fn serve<B: Broker>(listener: TcpListener, web: Web<B>, slots: Arc<Sem
             continue;
         };
         let connection = Arc::new(Connection { peer, slot: Mutex::new(Some(slot)) });
-        connections.spawn(serve_connection(
-            stream,
-            connection,
-            router.clone(),
-            web.closing.clone(),
-        ));
+        let (router, closing, tls) = (router.clone(), web.closing.clone(), web.config.tls.clone());
+        connections.spawn(async move {
+            match tls {
+                None => serve_connection(TokioIo::new(stream), connection, router, closing).await,
+                Some(tls) => match tls.accept(stream).await {
+                    Ok(stream) => {
+                        serve_connection(TokioIo::new(stream), connection, router, closing).await
+                    }
+                    Err(error) => tracing::debug!(%peer, %error, "https: tls handshake failed"),
+                },
+            }
+        });
     }
     connections.close();
     let _ = tokio::time::timeout(GRACE * 2, connections.wait()).await;
 }
 
-async fn serve_connection(
-    stream: TcpStream,
+async fn serve_connection<I>(
+    io: I,
     connection: Arc<Connection>,
     router: Router,
     closing: CancellationToken,
-) {
+) where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
     let service = hyper::service::service_fn(move |mut request: hyper::Request<Incoming>| {
         request.extensions_mut().insert(Arc::clone(&connection));
         router.clone().call(request)
@@ -138,7 +184,7 @@ async fn serve_connection(
     let served = hyper::server::conn::http1::Builder::new()
         .timer(TokioTimer::new())
         .header_read_timeout(HEADER_TIMEOUT)
-        .serve_connection(TokioIo::new(stream), service)
+        .serve_connection(io, service)
         .with_upgrades();
     tokio::pin!(served);
     tokio::select! {

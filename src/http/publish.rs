@@ -4,12 +4,13 @@
 
 use axum::body::Body;
 use axum::extract::{RawQuery, State};
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
+use std::sync::Arc;
 
 use super::query::Names;
-use super::{Web, error};
-use crate::auth::{Action, Permissions};
+use super::{Web, credentials, error, forbidden};
+use crate::auth::Action;
 use crate::broker::Broker;
 use crate::metrics;
 use crate::outbox::Flush;
@@ -18,18 +19,25 @@ use crate::protocol::reply::Error;
 pub async fn publish<B: Broker>(
     State(web): State<Web<B>>,
     RawQuery(query): RawQuery,
+    headers: HeaderMap,
     body: Body,
 ) -> Response {
-    let channels = match Names::parse(query.as_deref(), false) {
+    let names = match Names::parse(query.as_deref(), false) {
         Ok(names) if names.channels.is_empty() => {
             return error(StatusCode::BAD_REQUEST, Error::Arity("publish"));
         }
-        Ok(names) => names.channels,
+        Ok(names) => names,
         Err(reason) => return error(StatusCode::BAD_REQUEST, reason),
     };
-    let permissions = Permissions::anonymous(&web.config);
+    let token = match credentials(&web.config, &headers, names.token.as_deref()) {
+        Ok(token) => token,
+        Err(refusal) => return *refusal,
+    };
+    let had_token = token.is_some();
+    let permissions = token.map_or_else(|| web.config.auth.anonymous(), Arc::new);
+    let channels = names.channels;
     if !channels.iter().all(|channel| permissions.allows(Action::Publish, channel)) {
-        return error(StatusCode::FORBIDDEN, Error::Forbidden);
+        return forbidden(&web.config, had_token);
     }
     let Ok(payload) = axum::body::to_bytes(body, web.config.max_payload).await else {
         // Over the limit, or the client went away mid-body (then nobody reads this).

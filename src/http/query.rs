@@ -1,4 +1,5 @@
-//! Query strings of `/sse` and `/publish`: `channel=a&channel=b&pattern=p`.
+//! Query strings of `/ws`, `/sse` and `/publish`:
+//! `channel=a&channel=b&pattern=p&token=t`.
 //! Names are bytes, percent-decoded (and `+` read as a space, as forms send
 //! it), so any channel a line client can name, a web client can too.
 
@@ -7,12 +8,13 @@ use bytes::Bytes;
 use crate::protocol::command::valid_name;
 use crate::protocol::reply::Error;
 
-/// The `channel` and `pattern` parameters, in order; any other parameter,
-/// or a name that breaks the naming rules, is an error.
+/// The `channel` and `pattern` parameters, in order, and a `token`; any
+/// other parameter, or a name that breaks the naming rules, is an error.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Names {
     pub channels: Vec<Bytes>,
     pub patterns: Vec<Bytes>,
+    pub token: Option<Bytes>,
 }
 
 impl Names {
@@ -21,6 +23,10 @@ impl Names {
         for pair in query.unwrap_or("").split('&').filter(|pair| !pair.is_empty()) {
             let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
             let value = decode(value);
+            if key == "token" {
+                names.token = Some(value);
+                continue;
+            }
             let list = match key {
                 "channel" => &mut names.channels,
                 "pattern" if allow_patterns => &mut names.patterns,
@@ -48,6 +54,7 @@ mod tests {
         let expected = Names {
             channels: vec![Bytes::from("a"), Bytes::from("été")],
             patterns: vec![Bytes::from("n*")],
+            token: None,
         };
         assert_eq!(names, Ok(expected));
         assert_eq!(Names::parse(None, true), Ok(Names::default()));

@@ -24,6 +24,8 @@ pub enum Command {
     Ping(Bytes),
     /// `HELLO 1|2`.
     Hello(Hello),
+    /// `AUTH token`.
+    Auth(Bytes),
     /// `QUIT`.
     Quit,
     /// Anything else, the empty line included: the seed's `UNKNOWN COMMAND`.
@@ -81,6 +83,12 @@ impl Command {
                 b"2" => Hello::Supported(Version::V2),
                 _ => Hello::Unsupported,
             }))
+        } else if is("auth") {
+            let token = words.next().ok_or(Error::Arity("auth"))?;
+            if words.next().is_some() {
+                return Err(Error::Arity("auth"));
+            }
+            Ok(Command::Auth(slice(token)))
         } else if is("quit") {
             match words.next() {
                 None => Ok(Command::Quit),

@@ -56,6 +56,12 @@ pub enum Error {
     InvalidParameter,
     /// The connection is ending (cut off, or the server shutting down).
     Closing,
+    /// `AUTH` with a token that does not verify (or auth is off).
+    InvalidToken,
+    /// The token presented with `AUTH` expired; the connection is closed.
+    TokenExpired,
+    /// `AUTH` on a server without keys.
+    AuthDisabled,
 }
 
 impl fmt::Display for Error {
@@ -74,6 +80,9 @@ impl fmt::Display for Error {
             Error::PayloadTooLarge => "payload too large",
             Error::InvalidParameter => "invalid parameter",
             Error::Closing => "closing",
+            Error::InvalidToken => "invalid token",
+            Error::TokenExpired => "token expired",
+            Error::AuthDisabled => "auth disabled",
         })
     }
 }

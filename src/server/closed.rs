@@ -17,6 +17,10 @@ pub enum Closed {
     LineTooLong,
     /// WebSocket frames that break RFC 6455.
     ProtocolError,
+    /// The token's `exp` passed without a fresh `AUTH`: `ERR token expired`.
+    TokenExpired,
+    /// The TLS handshake failed (plain text on a TLS port, a bad client hello).
+    TlsError,
     /// Over `--max-connections`: `ERR server full`.
     ServerFull,
     /// The server is shutting down.
@@ -36,6 +40,8 @@ impl Closed {
             Closed::SlowConsumer => "slow_consumer",
             Closed::LineTooLong => "line_too_long",
             Closed::ProtocolError => "protocol_error",
+            Closed::TokenExpired => "token_expired",
+            Closed::TlsError => "tls_error",
             Closed::ServerFull => "server_full",
             Closed::Shutdown => "shutdown",
             Closed::ReadError => "read_error",

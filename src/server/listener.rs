@@ -14,7 +14,7 @@ use crate::config::Config;
 use crate::metrics::{self, Transport};
 use crate::outbox;
 use crate::protocol::reply::{Error, Reply};
-use crate::transport::tcp;
+use crate::transport::{socket, tcp};
 
 /// Probes on an idle connection: a peer that vanished (power loss, a NAT
 /// that forgot the flow) is found within two minutes (60 s + 6 × 10 s).
@@ -60,7 +60,19 @@ pub async fn serve<B: Broker>(
                     (Arc::clone(&broker), Arc::clone(&config), shutdown.clone());
                 metrics::get().connection_opened(Transport::Tcp);
                 tokio::spawn(async move {
-                    let closed = tcp::serve(stream, id, broker, config, shutdown).await;
+                    let closed = match config.tls.clone() {
+                        None => tcp::serve(socket::Tcp(stream), id, broker, config, shutdown).await,
+                        Some(tls) => match tls.accept(stream).await {
+                            Ok(stream) => {
+                                let socket = socket::Tls(std::sync::Mutex::new(stream));
+                                tcp::serve(socket, id, broker, config, shutdown).await
+                            }
+                            Err(error) => {
+                                tracing::debug!(%peer, %error, "tls handshake failed");
+                                Closed::TlsError
+                            }
+                        },
+                    };
                     metrics::get().connection_closed(Transport::Tcp, closed);
                     drop(slot);
                     tracing::debug!(%peer, id, reason = %closed, "connection closed");

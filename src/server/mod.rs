@@ -49,6 +49,9 @@ pub async fn run(
             closing.cancel();
         }
     });
+    if let Some(tls) = &config.tls {
+        tokio::spawn(crate::tls::reload_on_hangup(tls.clone(), closing.clone()));
+    }
     let listeners = Listeners { line: listener, http, draining: shutdown, closing };
     match &config.redis {
         None => {
@@ -80,7 +83,8 @@ async fn start<B: Broker>(
         Some(http) => {
             // Logged before "listening on", which tells tests and scripts
             // that the server is up.
-            tracing::info!("http on http://{}/", http.local_addr()?);
+            let scheme = if config.tls.is_some() { "https" } else { "http" };
+            tracing::info!("http on {scheme}://{}/", http.local_addr()?);
             let web = Web {
                 broker: Arc::clone(&broker),
                 config: Arc::clone(&config),
@@ -91,7 +95,8 @@ async fn start<B: Broker>(
         }
         None => None,
     };
-    tracing::info!("listening on {} (backend: {})", line.local_addr()?, broker.describe());
+    let tls = if config.tls.is_some() { ", tls" } else { "" };
+    tracing::info!("listening on {} (backend: {}{tls})", line.local_addr()?, broker.describe());
     listener::serve(line, broker, config, slots, closing).await;
     if let Some(web) = web {
         let _ = web.await;

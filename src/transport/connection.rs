@@ -1,27 +1,31 @@
-//! A session served over a TCP socket, whatever its framing (the line
-//! protocol, or WebSocket after the HTTP upgrade). A reader feeds the
+//! A session served over a socket (TCP or TLS), whatever its framing (the
+//! line protocol, or WebSocket after the HTTP upgrade). A reader feeds the
 //! client's commands to the session and a writer drains the outbox; they run
 //! concurrently in one task, so a client that pipelines many commands without
 //! reading replies cannot deadlock the server: replies queue in the outbox,
 //! bounded by `--max-pending` like any other output.
 //!
-//! Producers write pushes straight into the socket (`TcpSink`), for both
+//! On plain TCP, producers write pushes straight into the socket, for both
 //! framings: a WebSocket frame from the server is unmasked, so it is encoded
-//! once per message like a line push.
+//! once per message like a line push. Over TLS the writer writes (see
+//! `socket`).
 //!
 //! Idle connections are what a pub/sub server holds most of, so their cost is
 //! watched: no read buffer while idle, a small task (cold paths are boxed,
 //! read readiness is polled without a waiter node).
 
 use std::future::poll_fn;
-use std::io::{self, IoSlice};
+use std::io;
 use std::sync::Arc;
-use tokio::net::TcpStream;
+use std::task::Poll;
 use tokio_util::sync::CancellationToken;
 
+use super::expiry::Expiry;
+use super::socket::Socket;
+use crate::auth::Permissions;
 use crate::broker::Broker;
 use crate::config::Config;
-use crate::outbox::{Batch, ConnId, Next, Outbox, Sink};
+use crate::outbox::{Batch, ConnId, Next, Outbox};
 use crate::protocol::Framing;
 use crate::protocol::codec::{FrameError, LineReader};
 use crate::protocol::reply::{Error, Reply};
@@ -29,16 +33,6 @@ use crate::protocol::websocket::{self, CloseCode, Input, Violation};
 use crate::server::GRACE;
 use crate::server::closed::{Cause, Closed};
 use crate::session::{Control, Session};
-
-/// A TCP socket as an outbox's sink: producers write into it directly.
-#[derive(Debug)]
-pub struct TcpSink(TcpStream);
-
-impl Sink for TcpSink {
-    fn try_write(&self, frames: &[IoSlice<'_>]) -> io::Result<usize> {
-        self.0.try_write_vectored(frames)
-    }
-}
 
 /// How the client's bytes are split into commands.
 pub enum Decoder {
@@ -77,22 +71,26 @@ impl Decoder {
 
 /// Serves one client until it leaves, misbehaves or the server shuts down;
 /// returns why the connection ended.
-pub async fn serve<B: Broker>(
-    stream: TcpStream,
+pub async fn serve<B: Broker, S: Socket>(
+    socket: S,
     decoder: Decoder,
+    token: Option<Permissions>,
     id: ConnId,
     broker: Arc<B>,
     config: Arc<Config>,
     shutdown: CancellationToken,
 ) -> Closed {
     let framing = decoder.framing();
-    let outbox = Outbox::new(id, config.max_pending, framing, TcpSink(stream));
-    let socket = &outbox.sink().0;
+    let outbox = Outbox::new(id, config.max_pending, framing, socket);
+    let socket = outbox.sink();
     // Cancelled by the server's shutdown, by the reader when it is done, or
     // by the writer when it gives up.
     let closed = shutdown.child_token();
     let cause = Cause::default();
-    let session = Session::new(broker, config, Arc::clone(&outbox) as Arc<Outbox>, framing);
+    let mut session = Session::new(broker, config, Arc::clone(&outbox) as Arc<Outbox>, framing);
+    if let Some(permissions) = token {
+        session.authorize(permissions);
+    }
     // Both halves borrow the one socket: no split, no shared handle to allocate.
     let reading = async {
         let violation = read(session, decoder, socket, &closed, &cause).await;
@@ -109,10 +107,10 @@ pub async fn serve<B: Broker>(
 /// breaks the framing (returns true: unread input may remain) or `closed` is
 /// cancelled. Dropping the session at the end closes the outbox, after the
 /// framing's last words (a WebSocket close frame).
-async fn read<B: Broker>(
+async fn read<B: Broker, S: Socket>(
     mut session: Session<B>,
     mut decoder: Decoder,
-    socket: &TcpStream,
+    socket: &S,
     closed: &CancellationToken,
     cause: &Cause,
 ) -> bool {
@@ -123,6 +121,7 @@ async fn read<B: Broker>(
             Closed::Shutdown => CloseCode::GoingAway,
             Closed::LineTooLong => CloseCode::TooBig,
             Closed::ProtocolError => CloseCode::Protocol,
+            Closed::TokenExpired => CloseCode::Policy,
             _ => CloseCode::Normal,
         };
         // Refused if the connection was cut off meanwhile (it got its own).
@@ -133,23 +132,30 @@ async fn read<B: Broker>(
 
 /// The reading loop proper: returns why it stopped, and whether unread input
 /// may remain (then the socket lingers so the client reads its error).
-async fn commands<B: Broker>(
+async fn commands<B: Broker, S: Socket>(
     session: &mut Session<B>,
     reader: &mut Decoder,
-    socket: &TcpStream,
+    socket: &S,
     closed: &CancellationToken,
 ) -> (Closed, bool) {
+    // The token's expiry, armed only for connections that have one: a timer
+    // entry, not a task, and on the heap so idle connections do not carry it.
+    let mut expiry = Expiry::default();
     loop {
-        // poll_read_ready keeps the waker in the socket's registration:
-        // a smaller future than `readable()`, which every idle task holds.
-        let readable = poll_fn(|cx| socket.poll_read_ready(cx));
-        tokio::select! {
-            ready = readable => if ready.is_err() {
-                return (Closed::ReadError, false);
-            },
+        expiry.follow(session.expires());
+        let read = poll_fn(|cx| match reader.read_with(|scratch| socket.read_some(cx, scratch)) {
+            Err(error) if error.kind() == io::ErrorKind::WouldBlock => Poll::Pending,
+            read => Poll::Ready(read),
+        });
+        let read = tokio::select! {
+            read = read => read,
             _ = closed.cancelled() => return (Closed::Shutdown, false),
-        }
-        match reader.read_with(|scratch| socket.try_read(scratch)) {
+            _ = poll_fn(|cx| expiry.poll(cx)) => {
+                session.fail(Error::TokenExpired);
+                return (Closed::TokenExpired, false);
+            }
+        };
+        match read {
             Ok(0) => return (Closed::ClientClosed, false),
             Ok(_) => loop {
                 match reader.next() {
@@ -177,8 +183,6 @@ async fn commands<B: Broker>(
                     Err(Violation::Protocol) => return (Closed::ProtocolError, true),
                 }
             },
-            // Readiness was stale: wait again.
-            Err(error) if error.kind() == io::ErrorKind::WouldBlock => {}
             Err(error) => {
                 let reason = match error.kind() {
                     io::ErrorKind::ConnectionReset => Closed::ClientClosed,
@@ -198,8 +202,8 @@ enum Stop {
 
 /// Drains the outbox into the socket until the connection closes; on the way
 /// out it cancels `closed`, which stops the reader too.
-async fn write_loop(
-    outbox: &Outbox<TcpSink>,
+async fn write_loop<S: Socket>(
+    outbox: &Outbox<S>,
     framing: Framing,
     closed: &CancellationToken,
     cause: &Cause,
@@ -232,14 +236,15 @@ async fn write_loop(
     }
     closed.cancel();
     // FIN now, even if the reader still lingers on the socket.
-    let _ = socket2::SockRef::from(&outbox.sink().0).shutdown(std::net::Shutdown::Write);
+    let sink = outbox.sink();
+    let _ = tokio::time::timeout(GRACE, poll_fn(|cx| sink.poll_shutdown(cx))).await;
 }
 
 /// A slow consumer: finishes the frame the client has begun to receive,
 /// sends `ERR slow consumer` (and a WebSocket close 1008) where the socket
 /// still takes it (bounded by `GRACE`), and stops the reader.
-async fn cut_off(
-    sink: &TcpSink,
+async fn cut_off<S: Socket>(
+    sink: &S,
     framing: Framing,
     mut batch: Batch,
     closed: &CancellationToken,
@@ -260,8 +265,8 @@ async fn cut_off(
 /// Writes all of `batch`. Unbounded while the connection is open (a stuck
 /// client is caught by its output budget, which this wait watches); once it
 /// is closing, bounded by `GRACE`.
-async fn write(
-    outbox: &Outbox<TcpSink>,
+async fn write<S: Socket>(
+    outbox: &Outbox<S>,
     batch: &mut Batch,
     closed: &CancellationToken,
 ) -> Result<(), Stop> {
@@ -278,33 +283,33 @@ async fn write(
 }
 
 /// Writes `batch` as the socket drains, removing what went out, so that a
-/// cancelled call loses no progress.
-async fn write_all(sink: &TcpSink, batch: &mut Batch) -> io::Result<()> {
-    while !batch.is_empty() {
-        poll_fn(|cx| sink.0.poll_write_ready(cx)).await?;
-        batch.write_to(sink)?;
-    }
-    Ok(())
+/// cancelled call loses no progress; then flushes the stream.
+async fn write_all<S: Socket>(socket: &S, batch: &mut Batch) -> io::Result<()> {
+    poll_fn(|cx| {
+        batch.write_with(|frames| socket.write_some(cx, frames))?;
+        if !batch.is_empty() {
+            return Poll::Pending;
+        }
+        socket.poll_flush(cx)
+    })
+    .await
 }
 
 /// After a protocol violation, reads and discards what the client still sends
 /// (bounded by `GRACE`), so that closing does not reset the connection before
 /// the client has read the error.
-async fn linger(socket: &TcpStream) {
+async fn linger<S: Socket>(socket: &S) {
     // On the heap: a stack array would sit in every connection's task.
     let mut sink = vec![0u8; 4096];
-    let _ = tokio::time::timeout(GRACE, async {
+    let discard = poll_fn(|cx| {
         loop {
-            if socket.readable().await.is_err() {
-                return;
-            }
-            match socket.try_read(&mut sink) {
-                Ok(0) => return,
+            match socket.read_some(cx, &mut sink) {
+                Ok(0) => return Poll::Ready(()),
                 Ok(_) => {}
-                Err(error) if error.kind() == io::ErrorKind::WouldBlock => {}
-                Err(_) => return,
+                Err(error) if error.kind() == io::ErrorKind::WouldBlock => return Poll::Pending,
+                Err(_) => return Poll::Ready(()),
             }
         }
-    })
-    .await;
+    });
+    let _ = tokio::time::timeout(GRACE, discard).await;
 }

@@ -11,15 +11,16 @@
 
 use axum::body::Body;
 use axum::extract::{RawQuery, State};
-use axum::http::{StatusCode, header};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use bytes::{Bytes, BytesMut};
 use std::sync::Arc;
 use std::time::Duration;
 
+use super::expiry::Expiry;
 use crate::broker::{Broker, Topic};
 use crate::http::query::Names;
-use crate::http::{Web, error};
+use crate::http::{Web, credentials, error, forbidden};
 use crate::metrics::{self, Transport};
 use crate::outbox::{self, Batch, Deferred, Next, Outbox};
 use crate::protocol::Framing;
@@ -30,11 +31,20 @@ use crate::session::Session;
 /// Silence after which a comment line is sent.
 const KEEPALIVE: Duration = Duration::from_secs(15);
 
-pub async fn stream<B: Broker>(State(web): State<Web<B>>, RawQuery(query): RawQuery) -> Response {
+pub async fn stream<B: Broker>(
+    State(web): State<Web<B>>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+) -> Response {
     let names = match Names::parse(query.as_deref(), true) {
         Ok(names) => names,
         Err(reason) => return error(StatusCode::BAD_REQUEST, reason),
     };
+    let token = match credentials(&web.config, &headers, names.token.as_deref()) {
+        Ok(token) => token,
+        Err(refusal) => return *refusal,
+    };
+    let had_token = token.is_some();
     let mut topics: Vec<Topic> = names.channels.into_iter().map(Topic::channel).collect();
     topics.extend(names.patterns.into_iter().map(Topic::pattern));
     if topics.is_empty() {
@@ -48,16 +58,25 @@ pub async fn stream<B: Broker>(State(web): State<Web<B>>, RawQuery(query): RawQu
         Arc::clone(&outbox) as Arc<Outbox>,
         Framing::EventStream,
     );
+    if let Some(permissions) = token {
+        session.authorize(permissions);
+    }
     if let Err(reason) = session.subscribe_all(topics).await {
         let status = match reason {
+            Error::Forbidden => return forbidden(&web.config, had_token),
             Error::InvalidChannel | Error::TooManySubscriptions => StatusCode::BAD_REQUEST,
-            Error::Forbidden => StatusCode::FORBIDDEN,
             _ => StatusCode::SERVICE_UNAVAILABLE,
         };
         return error(status, reason);
     }
     metrics::get().connection_opened(Transport::Sse);
-    let events = Events { _session: session, outbox, closed: Closed::ClientClosed, ended: false };
+    let events = Events {
+        _session: session,
+        outbox,
+        closed: Closed::ClientClosed,
+        ended: false,
+        expiry: Expiry::default(),
+    };
     let body = futures_util::stream::unfold((events, web.closing), |(mut events, closing)| async {
         let chunk = events.next(&closing).await?;
         Some((Ok::<_, std::convert::Infallible>(chunk), (events, closing)))
@@ -78,6 +97,8 @@ struct Events<B: Broker> {
     outbox: Arc<Outbox<Deferred>>,
     closed: Closed,
     ended: bool,
+    /// The stream simply ends when the token expires.
+    expiry: Expiry,
 }
 
 impl<B: Broker> Events<B> {
@@ -87,7 +108,12 @@ impl<B: Broker> Events<B> {
             return None;
         }
         let mut batch = Batch::default();
+        self.expiry.follow(self._session.expires());
         let next = tokio::select! {
+            _ = std::future::poll_fn(|cx| self.expiry.poll(cx)) => {
+                self.closed = Closed::TokenExpired;
+                return None;
+            }
             next = self.outbox.next(&mut batch) => next,
             _ = tokio::time::sleep(KEEPALIVE) => return Some(Bytes::from_static(b": keep-alive\n\n")),
             _ = closing.cancelled() => {

@@ -12,20 +12,33 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use hyper_util::rt::TokioIo;
 use std::sync::Arc;
+use std::sync::Mutex;
 use tokio::net::TcpStream;
+use tokio_rustls::server::TlsStream;
 
 use super::connection::{self, Decoder};
+use super::socket;
 use crate::broker::Broker;
-use crate::http::{Connection, Web};
+use crate::http::query::Names;
+use crate::http::{Connection, Web, credentials, error};
 use crate::metrics::{self, Transport};
 use crate::outbox;
 use crate::protocol::websocket::Reader;
+use crate::server::closed::Closed;
 
 /// Answers the upgrade request and serves the WebSocket in a task of its own.
 pub async fn upgrade<B: Broker>(State(web): State<Web<B>>, mut request: Request) -> Response {
     let key = match handshake(request.headers()) {
         Ok(key) => key,
         Err(response) => return *response,
+    };
+    let token = match Names::parse(request.uri().query(), false) {
+        Ok(names) => names.token,
+        Err(reason) => return error(StatusCode::BAD_REQUEST, reason),
+    };
+    let permissions = match credentials(&web.config, request.headers(), token.as_deref()) {
+        Ok(permissions) => permissions,
+        Err(refusal) => return *refusal,
     };
     let Some(connection) = request.extensions().get::<Arc<Connection>>().cloned() else {
         return StatusCode::INTERNAL_SERVER_ERROR.into_response();
@@ -39,15 +52,29 @@ pub async fn upgrade<B: Broker>(State(web): State<Web<B>>, mut request: Request)
                 return tracing::debug!(peer = %connection.peer, %error, "websocket: upgrade failed");
             }
         };
-        let Ok(parts) = upgraded.downcast::<TokioIo<TcpStream>>() else {
-            return tracing::warn!("websocket: the upgraded connection is not a TCP socket");
-        };
         let id = outbox::next_id();
+        let (broker, config, closing) = (web.broker, web.config, web.closing);
+        let reader = |early| Decoder::WebSocket(Reader::new(config.max_line, early));
         metrics::get().connection_opened(Transport::WebSocket);
-        let decoder = Decoder::WebSocket(Reader::new(web.config.max_line, parts.read_buf));
-        let stream = parts.io.into_inner();
-        let closed =
-            connection::serve(stream, decoder, id, web.broker, web.config, web.closing).await;
+        let closed = match upgraded.downcast::<TokioIo<TcpStream>>() {
+            Ok(parts) => {
+                let (socket, decoder) =
+                    (socket::Tcp(parts.io.into_inner()), reader(parts.read_buf));
+                connection::serve(socket, decoder, permissions, id, broker, config, closing).await
+            }
+            Err(upgraded) => match upgraded.downcast::<TokioIo<TlsStream<TcpStream>>>() {
+                Ok(parts) => {
+                    let socket = socket::Tls(Mutex::new(parts.io.into_inner()));
+                    let decoder = reader(parts.read_buf);
+                    connection::serve(socket, decoder, permissions, id, broker, config, closing)
+                        .await
+                }
+                Err(_) => {
+                    tracing::warn!("websocket: the upgraded connection is neither TCP nor TLS");
+                    Closed::ReadError
+                }
+            },
+        };
         metrics::get().connection_closed(Transport::WebSocket, closed);
         drop(slot);
         tracing::debug!(peer = %connection.peer, id, reason = %closed, "websocket closed");

@@ -18,6 +18,7 @@ use std::time::Duration;
 use crier::protocol::push;
 
 pub mod browser;
+pub mod keys;
 pub mod web;
 
 /// Upper bound on any single wait; reaching it means the test failed.
@@ -59,7 +60,11 @@ impl Server {
         let mut server = Server { addr, http: None, child, early: RefCell::new(early), log };
         if http_wanted {
             let early = server.early.borrow();
-            let line = early.iter().find_map(|line| line.split("http on http://").nth(1));
+            let line = early.iter().find_map(|line| {
+                line.split("http on http://")
+                    .nth(1)
+                    .or_else(|| line.split("http on https://").nth(1))
+            });
             let addr = line.expect("the server logs its HTTP address before listening on");
             server.http = Some(addr.trim_end_matches('/').parse().expect("an HTTP address"));
         }
@@ -503,6 +508,19 @@ impl TlsFiles {
             "server.crt",
         ]);
         TlsFiles { dir }
+    }
+
+    /// Signs a new server certificate (same key, new serial) in place.
+    pub fn renew_server_certificate(&self) {
+        let status = Command::new("openssl")
+            .args(["x509", "-req", "-in", "server.csr", "-CA", "ca.crt", "-CAkey", "ca.key"])
+            .args(["-CAcreateserial", "-days", "2", "-extfile", "san.ext", "-out", "server.crt"])
+            .current_dir(&self.dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .expect("run openssl");
+        assert!(status.success(), "openssl x509 -req");
     }
 }
 

@@ -52,6 +52,12 @@ pub fn post(http: SocketAddr, path: &str, body: &[u8]) -> Answer {
     answer(agent().post(format!("http://{http}{path}")).send(body))
 }
 
+/// A POST with a bearer token.
+pub fn post_with_token(http: SocketAddr, path: &str, token: &str, body: &[u8]) -> Answer {
+    let request = agent().post(format!("http://{http}{path}"));
+    answer(request.header("Authorization", format!("Bearer {token}")).send(body))
+}
+
 /// Sends raw bytes as a request and reads the whole answer (for requests
 /// an HTTP client will not send).
 pub fn raw(http: SocketAddr, request: &[u8]) -> String {
@@ -65,23 +71,43 @@ pub fn raw(http: SocketAddr, request: &[u8]) -> String {
 }
 
 /// A WebSocket client of `/ws`.
-pub struct Ws {
-    socket: WebSocket<TcpStream>,
+pub struct Ws<S = TcpStream> {
+    socket: WebSocket<S>,
 }
 
 impl Ws {
     pub fn connect(http: SocketAddr) -> Ws {
+        Ws::open(http, "/ws").expect("a WebSocket")
+    }
+
+    /// Opens `path` (e.g. `/ws?token=...`); on refusal, the HTTP status and body.
+    pub fn open(http: SocketAddr, path: &str) -> Result<Ws, (u16, String)> {
         let stream = TcpStream::connect(http).expect("connect to crier");
         stream.set_read_timeout(Some(DEADLINE)).expect("timeout");
         stream.set_nodelay(true).expect("nodelay");
-        let (socket, response) =
-            tungstenite::client::client(format!("ws://{http}/ws"), stream).expect("handshake");
-        assert_eq!(response.status().as_u16(), 101);
-        Ws { socket }
+        Ws::over(stream, &format!("ws://{http}{path}"))
     }
 
+    /// The handshake over any stream (TLS included).
+    pub fn over<S: Read + std::io::Write>(stream: S, url: &str) -> Result<Ws<S>, (u16, String)> {
+        match tungstenite::client::client(url, stream) {
+            Ok((socket, response)) => {
+                assert_eq!(response.status().as_u16(), 101);
+                Ok(Ws { socket })
+            }
+            Err(tungstenite::HandshakeError::Failure(tungstenite::Error::Http(response))) => {
+                let body =
+                    response.body().as_ref().map(|b| String::from_utf8_lossy(b).into_owned());
+                Err((response.status().as_u16(), body.unwrap_or_default()))
+            }
+            Err(error) => panic!("WebSocket handshake: {error}"),
+        }
+    }
+}
+
+impl<S: Read + std::io::Write> Ws<S> {
     /// The underlying socket (to send raw frames).
-    pub fn stream(&mut self) -> &mut TcpStream {
+    pub fn stream(&mut self) -> &mut S {
         self.socket.get_mut()
     }
 
@@ -158,7 +184,16 @@ impl Sse {
     /// Opens `/sse?query`; returns once the response headers arrived (which
     /// means every subscription is confirmed).
     pub fn open(http: SocketAddr, query: &str) -> Sse {
-        let response = agent().get(format!("http://{http}/sse?{query}")).call();
+        Sse::open_with(http, query, None)
+    }
+
+    /// Opens with a bearer token in the `Authorization` header.
+    pub fn open_with(http: SocketAddr, query: &str, token: Option<&str>) -> Sse {
+        let mut request = agent().get(format!("http://{http}/sse?{query}"));
+        if let Some(token) = token {
+            request = request.header("Authorization", format!("Bearer {token}"));
+        }
+        let response = request.call();
         let response = response.expect("an HTTP answer from crier");
         let status = response.status().as_u16();
         let headers = response
