@@ -196,7 +196,13 @@ impl ServeArgs {
             None => FileConfig::default(),
         };
         let default = Config::default();
-        let no_http = self.no_http.or(file.no_http).unwrap_or(false);
+        // An explicit --http (flag or environment) beats the file's no-http.
+        let no_http = match (self.no_http, self.http) {
+            (Some(true), Some(_)) => bail!("--http and --no-http contradict each other"),
+            (Some(no_http), _) => no_http,
+            (None, Some(_)) => false,
+            (None, None) => file.no_http.unwrap_or(false),
+        };
         let shutdown_delay = self.shutdown_delay.or(file.shutdown_delay).unwrap_or(0.0);
         if !(0.0..=3600.0).contains(&shutdown_delay) {
             bail!("--shutdown-delay must be between 0 and 3600 seconds");
@@ -204,7 +210,12 @@ impl ServeArgs {
         let config = Config {
             listen: self.listen.or(file.listen).unwrap_or(default.listen),
             http: if no_http { None } else { self.http.or(file.http).or(default.http) },
-            max_payload: self.max_payload.or(file.max_payload).unwrap_or(default.max_payload),
+            max_payload: self.max_payload.or(file.max_payload).unwrap_or_else(|| {
+                // Unset: within what a subscriber's budget can take (see validate).
+                let max_pending =
+                    self.max_pending.or(file.max_pending).unwrap_or(default.max_pending);
+                default.max_payload.min(max_pending / 6).max(1)
+            }),
             shutdown_delay: std::time::Duration::from_secs_f64(shutdown_delay),
             redis: self.redis.or(file.redis),
             default_channel: self
@@ -270,6 +281,11 @@ impl Config {
             if value == 0 {
                 bail!("{flag} must be at least 1");
             }
+        }
+        // A JSON push can be six times its payload (`\u0000` per byte): one
+        // publish must not cut off every web subscriber at once.
+        if self.max_payload.saturating_mul(6) > self.max_pending {
+            bail!("--max-payload must be at most a sixth of --max-pending");
         }
         if self.max_connections > u32::MAX as usize {
             bail!("--max-connections is at most {}", u32::MAX);

@@ -59,7 +59,7 @@ pub struct Metrics {
     pub subscriptions: Gauge,
     /// Channels plus patterns with at least one subscriber on this node.
     pub channels: Gauge,
-    /// 1 while the Redis backend is connected (absent with the embedded one).
+    /// 1 while the Redis backend is connected (always 0 with the embedded one).
     pub redis_connected: Gauge,
     pub redis_reconnects: Counter,
     pub http_publishes: Counter,
@@ -142,6 +142,13 @@ impl Metrics {
         self.closed
             .get_or_create(&[("transport", transport.as_str()), ("reason", closed.as_str())])
             .inc();
+    }
+
+    /// A connection turned away before it was served (over
+    /// `--max-connections`, a failed TLS handshake), on a listener (`tcp`
+    /// or `http`): counted as closed, never as open.
+    pub fn connection_refused(&self, listener: &'static str, closed: Closed) {
+        self.closed.get_or_create(&[("transport", listener), ("reason", closed.as_str())]).inc();
     }
 
     /// Open connections of all transports.

@@ -223,9 +223,10 @@ impl<B: Broker> Session<B> {
             // Most connections subscribe once: no room for four.
             self.topics.reserve_exact(1);
         }
-        // Recorded before the broker is asked, so that `Drop` undoes it even
-        // if this future is dropped while the broker confirms.
+        // Recorded (and counted) before the broker is asked, so that `Drop`
+        // undoes it even if this future is dropped while the broker confirms.
         self.topics.push(topic.clone());
+        metrics::get().subscriptions.inc();
         // Messages that arrive while the broker confirms queue up behind the
         // reply, so the client sees CONFIRMED first.
         self.outbox.hold();
@@ -234,11 +235,11 @@ impl<B: Broker> Session<B> {
                 if let Some(last) = self.topics.last_mut() {
                     *last = shared;
                 }
-                metrics::get().subscriptions.inc();
                 Reply::Confirmed
             }
             Err(error) => {
                 self.topics.pop();
+                metrics::get().subscriptions.dec();
                 Reply::Error(error)
             }
         };

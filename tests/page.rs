@@ -128,3 +128,37 @@ async fn the_page_shows_a_refused_publish() {
     )
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_page_uses_a_token_for_its_websocket_and_its_publishes() {
+    use common::keys::{SECRET, hmac_token, now_plus};
+    let server = Server::start(&["--auth-hmac-secret", SECRET]);
+    let token = hmac_token(&serde_json::json!({
+        "sub": "page", "exp": now_plus(600), "subscribe": ["news"], "publish": ["news"]
+    }));
+    let browser = Browser::launch().await;
+    let page = browser.open(&format!("http://{}/", server.http())).await;
+    page.wait_for("document.querySelector('#status')?.textContent === 'connected'", WITHIN).await;
+    // Anonymous: refused.
+    page.eval(&fill_and_submit(&[("#subscribe-name", "news")], "#subscribe-form")).await;
+    page.wait_for(
+        "document.querySelector('#subscriptions li.failed[data-topic=\"news\"]')",
+        WITHIN,
+    )
+    .await;
+    // With the token: the page reconnects, subscribes, publishes, receives.
+    page.eval(&fill_and_submit(&[("#token", &token)], "#token-form")).await;
+    page.wait_for("document.querySelector('#status')?.textContent === 'connected'", WITHIN).await;
+    page.eval(&fill_and_submit(&[("#subscribe-name", "news")], "#subscribe-form")).await;
+    page.wait_for(
+        "document.querySelector('#subscriptions li.confirmed[data-topic=\"news\"]')",
+        WITHIN,
+    )
+    .await;
+    page.eval(&fill_and_submit(
+        &[("#publish-channel", "news"), ("#publish-data", "signed")],
+        "#publish-form",
+    ))
+    .await;
+    page.wait_for(&message_shown("news", "signed"), WITHIN).await;
+}

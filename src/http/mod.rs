@@ -30,7 +30,9 @@ use tower_service::Service;
 use crate::auth::Permissions;
 use crate::broker::Broker;
 use crate::config::Config;
+use crate::metrics;
 use crate::protocol::reply::Error;
+use crate::server::closed::Closed;
 use crate::server::{GRACE, listener};
 use crate::transport::{sse, ws};
 
@@ -79,9 +81,9 @@ fn router<B: Broker>(web: Web<B>) -> Router {
         .route("/healthz", get(monitor::healthz))
         .route("/readyz", get(monitor::readyz::<B>))
         .route("/metrics", get(monitor::metrics))
-        .fallback(|| async { (StatusCode::NOT_FOUND, "ERR not found\n") })
+        .fallback(|| async { error(StatusCode::NOT_FOUND, Error::NotFound) })
         .method_not_allowed_fallback(|| async {
-            (StatusCode::METHOD_NOT_ALLOWED, "ERR method not allowed\n")
+            error(StatusCode::METHOD_NOT_ALLOWED, Error::MethodNotAllowed)
         })
         .with_state(web)
 }
@@ -133,6 +135,7 @@ pub fn forbidden(config: &Config, had_token: bool) -> Response {
 pub async fn serve<B: Broker>(listener: TcpListener, web: Web<B>, slots: Arc<Semaphore>) {
     let router = router(web.clone());
     let connections = tokio_util::task::TaskTracker::new();
+    let rejecting = Arc::new(Semaphore::new(listener::MAX_REJECTING));
     loop {
         let accepted = tokio::select! {
             accepted = listener.accept() => accepted,
@@ -148,7 +151,15 @@ pub async fn serve<B: Broker>(listener: TcpListener, web: Web<B>, slots: Arc<Sem
         };
         listener::tune(&stream);
         let Ok(slot) = Arc::clone(&slots).try_acquire_owned() else {
-            connections.spawn(reject(stream));
+            metrics::get().connection_refused("http", Closed::ServerFull);
+            tracing::debug!(%peer, reason = %Closed::ServerFull, "http connection closed");
+            // A flood over the limit must not grow a task per connection.
+            if let Ok(permit) = Arc::clone(&rejecting).try_acquire_owned() {
+                connections.spawn(async move {
+                    reject(stream).await;
+                    drop(permit);
+                });
+            }
             continue;
         };
         let connection = Arc::new(Connection { peer, slot: Mutex::new(Some(slot)) });
@@ -160,7 +171,10 @@ pub async fn serve<B: Broker>(listener: TcpListener, web: Web<B>, slots: Arc<Sem
                     Ok(stream) => {
                         serve_connection(TokioIo::new(stream), connection, router, closing).await
                     }
-                    Err(error) => tracing::debug!(%peer, %error, "https: tls handshake failed"),
+                    Err(error) => {
+                        metrics::get().connection_refused("http", Closed::TlsError);
+                        tracing::debug!(%peer, %error, "https: tls handshake failed");
+                    }
                 },
             }
         });

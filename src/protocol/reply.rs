@@ -62,6 +62,16 @@ pub enum Error {
     TokenExpired,
     /// `AUTH` on a server without keys.
     AuthDisabled,
+    /// HTTP: no such path.
+    NotFound,
+    /// HTTP: the path exists, not with this method.
+    MethodNotAllowed,
+    /// `GET /ws` without `Upgrade: websocket` and `Connection: upgrade`.
+    WebSocketExpected,
+    /// `GET /ws` with a `Sec-WebSocket-Version` other than 13.
+    WebSocketVersion,
+    /// `GET /ws` without `Sec-WebSocket-Key`.
+    WebSocketKeyMissing,
 }
 
 impl fmt::Display for Error {
@@ -83,6 +93,11 @@ impl fmt::Display for Error {
             Error::InvalidToken => "invalid token",
             Error::TokenExpired => "token expired",
             Error::AuthDisabled => "auth disabled",
+            Error::NotFound => "not found",
+            Error::MethodNotAllowed => "method not allowed",
+            Error::WebSocketExpected => "websocket upgrade expected",
+            Error::WebSocketVersion => "unsupported websocket version",
+            Error::WebSocketKeyMissing => "websocket key missing",
         })
     }
 }

@@ -191,13 +191,15 @@ impl Reader {
         }
     }
 
-    /// A whole message as a command line: a trailing LF or CRLF is dropped.
+    /// A whole message as a command line: a trailing CRLF, LF or CR is
+    /// dropped. CR or LF elsewhere stays: a message is one command, so a
+    /// payload published over WebSocket may hold line breaks.
     fn line(&self, mut message: BytesMut) -> Result<Input, Violation> {
         if message.last() == Some(&b'\n') {
             message.truncate(message.len() - 1);
-            if message.last() == Some(&b'\r') {
-                message.truncate(message.len() - 1);
-            }
+        }
+        if message.last() == Some(&b'\r') {
+            message.truncate(message.len() - 1);
         }
         if message.len() > self.max_message {
             return Err(Violation::TooBig);

@@ -24,7 +24,7 @@ const KEEPALIVE_PROBES: u32 = 6;
 
 /// Connections over `--max-connections` being told `ERR server full` at once
 /// (each for at most `GRACE`).
-const MAX_REJECTING: usize = 64;
+pub const MAX_REJECTING: usize = 64;
 
 /// Serves line-protocol clients on `listener` until `shutdown` is
 /// cancelled; each connection takes a slot of `slots` (`--max-connections`,
@@ -87,6 +87,7 @@ pub async fn serve<B: Broker>(
                         drop(permit);
                     });
                 }
+                metrics::get().connection_refused("tcp", Closed::ServerFull);
                 tracing::debug!(%peer, reason = %Closed::ServerFull, "connection closed");
             }
         }

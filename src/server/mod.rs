@@ -44,7 +44,12 @@ pub async fn run(
             shutdown.cancelled().await;
             if !delay.is_zero() {
                 tracing::info!("draining: /readyz answers 503; closing connections in {delay:?}");
-                tokio::time::sleep(delay).await;
+                tokio::select! {
+                    _ = tokio::time::sleep(delay) => {}
+                    _ = shutdown::second_signal() => {
+                        tracing::info!("second signal: closing connections now");
+                    }
+                }
             }
             closing.cancel();
         }

@@ -16,3 +16,17 @@ pub async fn on_signal(token: CancellationToken) -> std::io::Result<()> {
     token.cancel();
     Ok(())
 }
+
+/// Resolves at the next SIGINT or SIGTERM (during the shutdown delay, a
+/// second signal means "now"); never if the signals cannot be watched.
+pub async fn second_signal() {
+    let (Ok(mut interrupt), Ok(mut terminate)) =
+        (signal(SignalKind::interrupt()), signal(SignalKind::terminate()))
+    else {
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = interrupt.recv() => {}
+        _ = terminate.recv() => {}
+    }
+}

@@ -23,6 +23,7 @@ use crate::http::query::Names;
 use crate::http::{Connection, Web, credentials, error};
 use crate::metrics::{self, Transport};
 use crate::outbox;
+use crate::protocol::reply::Error;
 use crate::protocol::websocket::Reader;
 use crate::server::closed::Closed;
 
@@ -99,20 +100,16 @@ fn handshake(headers: &HeaderMap) -> Result<HeaderValue, Box<Response>> {
             value.to_str().is_ok_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
         })
     };
-    let bad = |text: &'static str| Box::new((StatusCode::BAD_REQUEST, text).into_response());
+    let bad = |reason: Error| Box::new(error(StatusCode::BAD_REQUEST, reason));
     if !has_token(header::UPGRADE, "websocket") || !has_token(header::CONNECTION, "upgrade") {
-        return Err(bad("ERR websocket upgrade expected\n"));
+        return Err(bad(Error::WebSocketExpected));
     }
     if headers.get(header::SEC_WEBSOCKET_VERSION).is_none_or(|v| v != "13") {
-        let mut response =
-            (StatusCode::UPGRADE_REQUIRED, "ERR unsupported websocket version\n").into_response();
+        let mut response = error(StatusCode::UPGRADE_REQUIRED, Error::WebSocketVersion);
         response
             .headers_mut()
             .insert(header::SEC_WEBSOCKET_VERSION, HeaderValue::from_static("13"));
         return Err(Box::new(response));
     }
-    headers
-        .get(header::SEC_WEBSOCKET_KEY)
-        .cloned()
-        .ok_or_else(|| bad("ERR websocket key missing\n"))
+    headers.get(header::SEC_WEBSOCKET_KEY).cloned().ok_or_else(|| bad(Error::WebSocketKeyMissing))
 }

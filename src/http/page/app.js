@@ -2,6 +2,8 @@
 
 // crier live console. It talks to the server only through its public endpoints:
 // a WebSocket on /ws for subscriptions, POST /publish, and GET /metrics.
+// With auth on, a token (kept for this tab only) goes to /ws as ?token= and
+// to POST /publish as "Authorization: Bearer".
 
 const MAX_MESSAGES = 500;      // log entries kept; the oldest are dropped
 const RETRY_MIN_MS = 1000;     // reconnect backoff: 1 s doubling to 10 s
@@ -31,13 +33,17 @@ let awaiting = [];
 
 const WS_ORIGIN = (location.protocol === "https:" ? "wss://" : "ws://") + location.host;
 
+/** The token typed into the page, if any. */
+const token = () => sessionStorage.getItem("crier-token") || "";
+
 function socketUrl() {
-  return WS_ORIGIN + "/ws"; // a ?token= would be added here
+  return WS_ORIGIN + "/ws" + (token() ? "?token=" + encodeURIComponent(token()) : "");
 }
 
 function connect() {
   setStatus("connecting");
   socket = new WebSocket(socketUrl());
+  socket.binaryType = "arraybuffer";
 
   socket.onopen = () => {
     retryDelay = RETRY_MIN_MS;
@@ -49,7 +55,9 @@ function connect() {
   };
 
   socket.onmessage = (event) => {
-    // Deliveries are JSON objects; replies never start with "{".
+    // After HELLO 2 everything is text: deliveries are JSON objects, and
+    // replies never start with "{".
+    if (typeof event.data !== "string") return notice("(a binary message)");
     if (event.data.startsWith("{")) return deliver(JSON.parse(event.data));
     const onReply = awaiting.shift();
     if (onReply) onReply(event.data);
@@ -215,7 +223,8 @@ function clock(date) {
 async function publish(channels, data) {
   const query = channels.map((channel) => "channel=" + encodeURIComponent(channel)).join("&");
   try {
-    const response = await fetch("/publish?" + query, { method: "POST", body: data });
+    const headers = token() ? { Authorization: "Bearer " + token() } : {};
+    const response = await fetch("/publish?" + query, { method: "POST", body: data, headers });
     if (response.ok) return showPublishResult(true, describePublish(await response.json()));
     const text = (await response.text()).trim();
     showPublishResult(false, text || `HTTP ${response.status}`);
@@ -347,3 +356,13 @@ for (const span of document.querySelectorAll("[data-fill]")) span.textContent = 
 
 connect();
 pollMetrics();
+
+// ---------------------------------------------------------------------------
+// Token: applied by reconnecting (the server checks it at the upgrade).
+
+$("#token").value = token();
+$("#token-form").addEventListener("submit", (event) => {
+  event.preventDefault();
+  sessionStorage.setItem("crier-token", $("#token").value.trim());
+  if (socket) socket.close(); // onclose reconnects with the new token
+});
