@@ -61,6 +61,11 @@ pub trait Sink: Send + Sync + 'static {
     /// state is behind `&mut`) always answers `WouldBlock`, and its writer
     /// task does the writing.
     fn try_write(&self, frames: &[IoSlice<'_>]) -> io::Result<usize>;
+
+    /// Called once, by the producer that cut the connection off. A
+    /// transport whose writer may not be running (an SSE body is polled
+    /// only while its socket drains) ends the connection from here.
+    fn cut_off(&self) {}
 }
 
 /// A sink that producers never write: everything goes through [`Outbox::next`].
@@ -192,6 +197,11 @@ impl<S: ?Sized + Sink> Outbox<S> {
         // Every update below leaves the state consistent before anything that
         // could panic, so a poisoned lock is still usable.
         self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Whether the connection was cut off as a slow consumer.
+    pub fn was_cut_off(&self) -> bool {
+        self.cut.load(Ordering::Acquire)
     }
 
     /// False once the connection is closing or cut off: nothing more it
@@ -351,6 +361,7 @@ impl Outbox {
             Accepted::CutOff => {
                 self.cut.store(true, Ordering::Release);
                 self.wake.notify_one();
+                self.sink.cut_off();
                 return false;
             }
         }

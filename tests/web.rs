@@ -216,6 +216,44 @@ fn an_sse_client_that_publishes_right_after_open_gets_its_message() {
 }
 
 #[test]
+fn an_sse_client_that_stops_reading_is_cut_off_while_others_get_everything() {
+    use std::io::{Read, Write};
+    let server = Server::start(&["--max-pending", "65536"]);
+    let http = server.http();
+    // A client with a tiny receive window that reads the response head, then stops.
+    let socket =
+        socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("a socket");
+    socket.set_recv_buffer_size(4096).expect("SO_RCVBUF");
+    socket.connect(&http.into()).expect("connect");
+    let mut stuck: std::net::TcpStream = socket.into();
+    stuck.set_read_timeout(Some(common::DEADLINE)).expect("timeout");
+    stuck.write_all(b"GET /sse?channel=slow HTTP/1.1\r\nHost: x\r\n\r\n").expect("send");
+    let mut head = [0u8; 15];
+    stuck.read_exact(&mut head).expect("the response head");
+    assert_eq!(&head, b"HTTP/1.1 200 OK");
+    let mut reader = Sse::open(http, "channel=slow");
+    let mut publisher = server.connect();
+    let payload = "z".repeat(1000);
+    // Rounds of 50 KB: the reading client never falls far behind, the stuck
+    // one accumulates 20 MB, far past its budget and the kernel's buffers.
+    for _ in 0..400 {
+        publisher.send(format!("PUBLISH slow {payload}\r\n").repeat(50).as_bytes());
+        for _ in 0..50 {
+            publisher.expect_line(b"CONFIRMED");
+        }
+        for _ in 0..50 {
+            assert_eq!(reader.json()["data"], payload.as_str());
+        }
+    }
+    // Cut off while it still does not read: the server lets go of it.
+    web::wait_metric(
+        http,
+        "crier_connections_closed_total{transport=\"sse\",reason=\"slow_consumer\"} 1",
+    );
+    web::wait_metric(http, "crier_connections{transport=\"sse\"} 1");
+}
+
+#[test]
 fn sse_errors_are_plain_400s() {
     let server = Server::start(&["--max-subscriptions", "2"]);
     for (query, body) in [

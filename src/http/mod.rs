@@ -67,6 +67,9 @@ pub struct Connection {
     /// Its place under `--max-connections`: a WebSocket upgrade takes it
     /// along, since the connection lives on as the WebSocket.
     pub slot: Mutex<Option<OwnedSemaphorePermit>>,
+    /// Cancelled to drop the connection at once (an SSE slow consumer,
+    /// whose stream hyper no longer polls).
+    pub abort: CancellationToken,
 }
 
 /// The routes of §7.
@@ -162,7 +165,11 @@ pub async fn serve<B: Broker>(listener: TcpListener, web: Web<B>, slots: Arc<Sem
             }
             continue;
         };
-        let connection = Arc::new(Connection { peer, slot: Mutex::new(Some(slot)) });
+        let connection = Arc::new(Connection {
+            peer,
+            slot: Mutex::new(Some(slot)),
+            abort: CancellationToken::new(),
+        });
         let (router, closing, tls) = (router.clone(), web.closing.clone(), web.config.tls.clone());
         connections.spawn(async move {
             match tls {
@@ -191,6 +198,7 @@ async fn serve_connection<I>(
 ) where
     I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
 {
+    let abort = connection.abort.clone();
     let service = hyper::service::service_fn(move |mut request: hyper::Request<Incoming>| {
         request.extensions_mut().insert(Arc::clone(&connection));
         router.clone().call(request)
@@ -203,6 +211,7 @@ async fn serve_connection<I>(
     tokio::pin!(served);
     tokio::select! {
         _ = served.as_mut() => return,
+        _ = abort.cancelled() => return,
         _ = closing.cancelled() => served.as_mut().graceful_shutdown(),
     }
     let _ = tokio::time::timeout(GRACE, served).await;

@@ -6,23 +6,27 @@
 //! The stream is the session's writer: it drains the outbox (a `Deferred`
 //! sink: only hyper writes this socket) into body chunks, one per batch. A
 //! comment line goes out after `KEEPALIVE` of silence so that proxies keep
-//! the stream open. Past `--max-pending` the stream ends with an `error`
-//! event carrying `ERR slow consumer`.
+//! the stream open. Past `--max-pending` the connection is cut off: if the
+//! stream is still being read it ends with an `error` event carrying
+//! `ERR slow consumer`; if the client stopped reading (hyper no longer polls
+//! the stream), the connection is dropped at once (see [`Abort`]).
 
 use axum::body::Body;
-use axum::extract::{RawQuery, State};
+use axum::extract::{Extension, RawQuery, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use bytes::{Bytes, BytesMut};
+use std::io::{self, IoSlice};
 use std::sync::Arc;
 use std::time::Duration;
+use tokio_util::sync::CancellationToken;
 
 use super::expiry::Expiry;
 use crate::broker::{Broker, Topic};
 use crate::http::query::Names;
-use crate::http::{Web, credentials, error, forbidden};
+use crate::http::{Connection, Web, credentials, error, forbidden};
 use crate::metrics::{self, Transport};
-use crate::outbox::{self, Batch, Deferred, Next, Outbox};
+use crate::outbox::{self, Batch, Next, Outbox, Sink};
 use crate::protocol::Framing;
 use crate::protocol::reply::Error;
 use crate::server::closed::Closed;
@@ -31,10 +35,25 @@ use crate::session::Session;
 /// Silence after which a comment line is sent.
 const KEEPALIVE: Duration = Duration::from_secs(15);
 
+/// The outbox's sink: nothing is written by producers; a cut-off drops the
+/// HTTP connection.
+struct Abort(CancellationToken);
+
+impl Sink for Abort {
+    fn try_write(&self, _frames: &[IoSlice<'_>]) -> io::Result<usize> {
+        Err(io::ErrorKind::WouldBlock.into())
+    }
+
+    fn cut_off(&self) {
+        self.0.cancel();
+    }
+}
+
 pub async fn stream<B: Broker>(
     State(web): State<Web<B>>,
     RawQuery(query): RawQuery,
     headers: HeaderMap,
+    Extension(connection): Extension<Arc<Connection>>,
 ) -> Response {
     let names = match Names::parse(query.as_deref(), true) {
         Ok(names) => names,
@@ -50,8 +69,9 @@ pub async fn stream<B: Broker>(
     if topics.is_empty() {
         topics.push(Topic::channel(web.config.default_channel.clone()));
     }
+    let abort = Abort(connection.abort.clone());
     let outbox =
-        Outbox::new(outbox::next_id(), web.config.max_pending, Framing::EventStream, Deferred);
+        Outbox::new(outbox::next_id(), web.config.max_pending, Framing::EventStream, abort);
     let mut session = Session::new(
         Arc::clone(&web.broker),
         Arc::clone(&web.config),
@@ -94,7 +114,7 @@ pub async fn stream<B: Broker>(
 struct Events<B: Broker> {
     /// Held for its `Drop`, which ends the subscriptions.
     _session: Session<B>,
-    outbox: Arc<Outbox<Deferred>>,
+    outbox: Arc<Outbox<Abort>>,
     closed: Closed,
     ended: bool,
     /// The stream simply ends when the token expires.
@@ -141,6 +161,9 @@ impl<B: Broker> Events<B> {
 
 impl<B: Broker> Drop for Events<B> {
     fn drop(&mut self) {
+        if self.outbox.was_cut_off() {
+            self.closed = Closed::SlowConsumer;
+        }
         metrics::get().connection_closed(Transport::Sse, self.closed);
     }
 }

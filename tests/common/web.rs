@@ -58,6 +58,20 @@ pub fn post_with_token(http: SocketAddr, path: &str, token: &str, body: &[u8]) -
     answer(request.header("Authorization", format!("Bearer {token}")).send(body))
 }
 
+/// Waits until `/metrics` shows `line` (the server's counters have no
+/// event to await, so this polls, bounded by the deadline).
+pub fn wait_metric(http: SocketAddr, line: &str) {
+    let started = std::time::Instant::now();
+    loop {
+        let metrics = get(http, "/metrics").text();
+        if metrics.lines().any(|l| l == line) {
+            return;
+        }
+        assert!(started.elapsed() < DEADLINE, "/metrics never showed {line}:\n{metrics}");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
 /// Sends raw bytes as a request and reads the whole answer (for requests
 /// an HTTP client will not send).
 pub fn raw(http: SocketAddr, request: &[u8]) -> String {
