@@ -8,7 +8,8 @@
 # nats; for web: crier nats); the system crier-base is the crier binary at
 # $CRIER_BASE (an older build, for before/after figures), measured with the
 # same load generator. web: the subscribers connect over WebSocket (crier's
-# HTTP listener, NATS's websocket listener), the publisher over TCP.
+# HTTP listener, NATS's websocket listener), the publisher over TCP; for
+# crier also over Server-Sent Events (GET /sse on the same listener).
 # Needs redis-server and nats-server (Debian packages) and a release build
 # (in $CARGO_TARGET_DIR when set, else target/).
 set -euo pipefail
@@ -25,7 +26,8 @@ trap 'stop; rm -rf "$work"' EXIT
 
 # start SYSTEM: starts a fresh server; sets PID (the server to measure),
 # ADDR, TARGET and EXTRA (bench flags) for it. In web mode the server also
-# listens for WebSocket clients, and EXTRA points the subscribers there.
+# listens for WebSocket (and crier SSE) clients, and EXTRA points the
+# subscribers there, over $web_transport (ws or sse).
 start() {
     local redis_port=16379 ws_port=17080
     EXTRA=()
@@ -48,7 +50,7 @@ start() {
         shift
         if [ "$what" = web ]; then
             set -- --http 127.0.0.1:$ws_port "$@"
-            EXTRA+=(--transport ws --ws-addr 127.0.0.1:$ws_port)
+            EXTRA+=(--transport "$web_transport" --ws-addr 127.0.0.1:$ws_port)
         fi
         $binary serve --listen 127.0.0.1:17070 --max-connections 20000 "$@" 2>"$work/crier.log" &
         PID=$!
@@ -124,6 +126,7 @@ run() {
     echo "$label $system: $(echo "$line" | head -c 300)"
 }
 
+web_transport=ws
 default_systems="crier crier-redis redis nats"
 if [ "$what" = web ]; then default_systems="crier nats"; fi
 read -r -a systems <<<"${SYSTEMS:-$default_systems}"
@@ -176,6 +179,13 @@ for _ in $(seq "$runs"); do
                     --messages $((20000000 / subs)) --duration 30
             done
             run "web-conns-c10000" "$system" --mode conns --conns 10000 --hold 2
+            # Server-Sent Events (crier only): fan-out at S = 1,000.
+            if [ "$system" = crier ]; then
+                web_transport=sse
+                run "web-sse-s1000-b64" "$system" --subscribers 1000 --size 64 \
+                    --messages 20000 --duration 30
+                web_transport=ws
+            fi
             ;;
         conns)
             for conns in 1000 5000 15000; do

@@ -7,16 +7,20 @@
 //! connect the publishers, start them together, wait for deliveries to drain
 //! (bounded), then print a summary and one JSON line.
 //!
-//! Files: `targets` (wire dialects), `wire` (TCP or WebSocket framing of a
-//! dialect), `ws` (the WebSocket client side), `payload` (the message header),
+//! Files: `targets` (wire dialects), `wire` (TCP, WebSocket or SSE framing of
+//! a dialect), `http` (the request and response head both use), `ws` (the
+//! WebSocket client side), `sse` (the Server-Sent Events client side),
+//! `payload` (the message header),
 //! `subscriber` / `publisher` (the connection loops), `net` (connecting many
 //! sockets), `report` (histograms, summary, JSON); process facts (rlimit,
 //! rusage, /proc) are `crier::sys`, shared with the server.
 
+mod http;
 mod net;
 mod payload;
 mod publisher;
 mod report;
+mod sse;
 mod subscriber;
 mod targets;
 mod wire;
@@ -69,17 +73,20 @@ pub struct BenchArgs {
     /// 127.0.0.1:7070, redis 127.0.0.1:6379, nats 127.0.0.1:4222].
     #[arg(long)]
     pub addr: Option<String>,
-    /// How the subscribers connect: tcp (the target's native protocol) or ws
+    /// How the subscribers connect: tcp (the target's native protocol), ws
     /// (WebSocket: crier's `GET /ws` on its HTTP listener, one message per
-    /// delivery; NATS's websocket listener). Publishers always use the
-    /// native protocol over TCP at --addr: ws measures WebSocket delivery.
+    /// delivery; NATS's websocket listener) or sse (Server-Sent Events,
+    /// crier only: `GET /sse?channel=CH` on its HTTP listener, one event per
+    /// delivery). Publishers always use the native protocol over TCP at
+    /// --addr: ws and sse measure delivery over that transport.
     #[arg(long, value_enum, default_value_t = Transport::Tcp)]
     pub transport: Transport,
-    /// WebSocket address HOST:PORT with --transport ws [default: crier
-    /// 127.0.0.1:7080 (its --http listener, path /ws), nats 127.0.0.1:8080
-    /// (the port of its websocket block, path /)].
-    #[arg(long, value_name = "HOST:PORT")]
-    pub ws_addr: Option<String>,
+    /// HTTP address HOST:PORT of the subscribers with --transport ws or sse
+    /// (alias --ws-addr) [default: crier 127.0.0.1:7080 (its --http
+    /// listener, paths /ws and /sse), nats 127.0.0.1:8080 (the port of its
+    /// websocket block, path /)].
+    #[arg(long, visible_alias = "ws-addr", value_name = "HOST:PORT")]
+    pub http_addr: Option<String>,
     /// fanout: throughput and latency; conns: memory per idle connection and
     /// time of one broadcast to all.
     #[arg(long, value_enum, default_value_t = Mode::Fanout)]
@@ -182,15 +189,22 @@ impl Params {
         if a.messages == Some(0) {
             bail!("--messages must be at least 1");
         }
-        if a.transport == Transport::Ws {
-            if a.target.ws_path().is_none() {
-                bail!("--transport ws: {} has no WebSocket transport", a.target.name());
+        match a.transport {
+            Transport::Tcp if a.http_addr.is_some() => {
+                bail!("--http-addr (--ws-addr) needs --transport ws or sse")
             }
-            if a.partial_line {
-                bail!("--partial-line is for --transport tcp");
+            Transport::Tcp => {}
+            Transport::Ws if a.target.ws_path().is_none() => {
+                bail!("--transport ws: {} has no WebSocket transport", a.target.name())
             }
-        } else if a.ws_addr.is_some() {
-            bail!("--ws-addr needs --transport ws");
+            Transport::Sse if a.target.sse_path().is_none() => bail!(
+                "--transport sse: {} has no Server-Sent Events transport (crier only)",
+                a.target.name()
+            ),
+            Transport::Ws | Transport::Sse if a.partial_line => {
+                bail!("--partial-line is for --transport tcp")
+            }
+            Transport::Ws | Transport::Sse => {}
         }
         Ok(match a.mode {
             Mode::Conns => Params {
@@ -286,21 +300,30 @@ pub async fn run(args: BenchArgs) -> Result<()> {
     let sources =
         args.source_addrs.unwrap_or_else(|| conns_total.div_ceil(CONNS_PER_SOURCE)).max(1);
     let explicit_sources = args.source_addrs.is_some();
-    // Subscribers over WebSocket connect to its listener, publishers to the
-    // native one.
-    let websocket = match args.transport {
-        Transport::Tcp => None,
-        Transport::Ws => Some(subscriber::WsTarget {
-            host: args
-                .ws_addr
-                .clone()
-                .unwrap_or_else(|| args.target.default_ws_addr().unwrap_or_default().to_string()),
-            path: args.target.ws_path().unwrap_or("/"),
-        }),
+    // Subscribers over WebSocket or SSE connect to the HTTP listener,
+    // publishers to the native one.
+    let http_host = || {
+        args.http_addr
+            .clone()
+            .unwrap_or_else(|| args.target.default_http_addr().unwrap_or_default().to_string())
     };
-    let sub_addr = websocket.as_ref().map_or(addr.as_str(), |w| w.host.as_str());
+    let via = match args.transport {
+        Transport::Tcp => subscriber::Via::Tcp,
+        Transport::Ws => subscriber::Via::WebSocket {
+            host: http_host(),
+            path: args.target.ws_path().unwrap_or("/"),
+        },
+        Transport::Sse => subscriber::Via::Sse {
+            host: http_host(),
+            path: args.target.sse_path().unwrap_or("/sse"),
+        },
+    };
+    let sub_addr = match &via {
+        subscriber::Via::Tcp => addr.as_str(),
+        subscriber::Via::WebSocket { host, .. } | subscriber::Via::Sse { host, .. } => host,
+    };
     let sub_conn = Arc::new(Connector::new(sub_addr, sources, explicit_sources, timeout).await?);
-    let native_conn = if websocket.is_some() {
+    let native_conn = if args.transport != Transport::Tcp {
         Arc::new(Connector::new(&addr, sources, explicit_sources, timeout).await?)
     } else {
         sub_conn.clone()
@@ -344,7 +367,7 @@ pub async fn run(args: BenchArgs) -> Result<()> {
         .max(2 * (args.size + 128)),
         timeout,
         partial_line: args.partial_line,
-        websocket,
+        via,
     });
     let gate = Arc::new(Semaphore::new(args.connect_concurrency));
     let (ready_tx, mut ready_rx) = mpsc::unbounded_channel();

@@ -103,7 +103,7 @@ pub struct Report {
     pub mode: Mode,
     /// The subscribers' transport (publishers always use the native one).
     pub transport: Transport,
-    /// Where the subscribers connect (the WebSocket listener with `ws`).
+    /// Where the subscribers connect (the HTTP listener with `ws` and `sse`).
     pub addr: String,
     /// `target` itself, or `redis:ADDR` with `--publish-redis`.
     pub publish_via: String,

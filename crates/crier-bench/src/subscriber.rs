@@ -1,6 +1,6 @@
 //! One subscriber connection: subscribe, then read pushes until told to stop,
-//! checking sequence numbers and recording latencies. Over TCP or WebSocket
-//! (`Plan::websocket`): the [`Wire`] hides the framing.
+//! checking sequence numbers and recording latencies. Over TCP, WebSocket or
+//! Server-Sent Events (`Plan::via`): the [`Wire`] hides the framing.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -11,12 +11,13 @@ use bytes::BytesMut;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::{Semaphore, mpsc};
 
+use super::http::Endpoint;
 use super::net::Connector;
 use super::payload;
 use super::report::Latencies;
 use super::targets::{self, Dialect, Frame};
 use super::wire::Wire;
-use super::ws;
+use super::{sse, ws};
 
 /// State shared by all subscribers and watched by the orchestrator.
 pub struct Shared {
@@ -47,15 +48,20 @@ pub struct Plan {
     /// Send one byte without a newline once subscribed: a connection in the
     /// middle of a command line (what it costs the server is what is measured).
     pub partial_line: bool,
-    /// Subscribe over WebSocket (the `Connector` then points at its
-    /// listener): the HTTP `Host` and request path of the upgrade.
-    pub websocket: Option<WsTarget>,
+    /// How to subscribe (with WebSocket or SSE the `Connector` points at
+    /// the HTTP listener).
+    pub via: Via,
 }
 
-/// Where the WebSocket upgrade goes.
-pub struct WsTarget {
-    pub host: String,
-    pub path: &'static str,
+/// How a subscriber opens its subscription.
+pub enum Via {
+    /// The dialect's subscribe command over TCP.
+    Tcp,
+    /// A WebSocket upgrade (`host` is the HTTP `Host`, `path` the request
+    /// path), then the dialect's subscribe command in messages.
+    WebSocket { host: String, path: &'static str },
+    /// `GET path?channel=CH` (crier): the response head is the confirmation.
+    Sse { host: String, path: &'static str },
 }
 
 /// One subscriber's findings.
@@ -112,14 +118,21 @@ pub async fn run(
         let _permit = gate.acquire().await.map_err(|_| anyhow!("setup cancelled"))?;
         let mut stream = conn.connect(index).await?;
         let opened = async {
-            let mut wire = match &plan.websocket {
-                None => Wire::tcp(plan.dialect, BytesMut::with_capacity(plan.buf_cap)),
-                Some(t) => {
-                    let ep = ws::Endpoint { host: &t.host, path: t.path };
+            let mut wire = match &plan.via {
+                Via::Tcp => Wire::tcp(plan.dialect, BytesMut::with_capacity(plan.buf_cap)),
+                Via::WebSocket { host, path } => {
+                    let ep = Endpoint { host, path };
                     let buf = ws::handshake(&mut stream, &ep, plan.buf_cap)
                         .await
                         .context("WebSocket handshake")?;
                     Wire::websocket(plan.dialect, buf)?
+                }
+                Via::Sse { host, path } => {
+                    let ep = Endpoint { host, path };
+                    let (buf, dechunker) = sse::handshake(&mut stream, &ep, &channel, plan.buf_cap)
+                        .await
+                        .context("SSE request")?;
+                    Wire::sse(buf, dechunker)
                 }
             };
             targets::subscribe(&mut stream, &mut wire, plan.dialect, &channel).await?;

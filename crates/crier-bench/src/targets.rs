@@ -37,9 +37,9 @@ impl Target {
         }
     }
 
-    /// Where its WebSocket listener is out of the box (crier: `--http`;
-    /// NATS has no default, 8080 is the port its docs use).
-    pub fn default_ws_addr(self) -> Option<&'static str> {
+    /// Where its HTTP listener for WebSocket (and crier's SSE) is out of the
+    /// box (crier: `--http`; NATS has no default, 8080 is the port its docs use).
+    pub fn default_http_addr(self) -> Option<&'static str> {
         match self {
             Target::Crier => Some("127.0.0.1:7080"),
             Target::Redis => None,
@@ -53,6 +53,15 @@ impl Target {
             Target::Crier => Some("/ws"),
             Target::Redis => None,
             Target::Nats => Some("/"),
+        }
+    }
+
+    /// The request path of a Server-Sent Events stream (the channel goes
+    /// in the query); `None`: no SSE.
+    pub fn sse_path(self) -> Option<&'static str> {
+        match self {
+            Target::Crier => Some("/sse"),
+            Target::Redis | Target::Nats => None,
         }
     }
 
@@ -375,12 +384,17 @@ const NATS_CONNECT: &[u8] = b"CONNECT {\"verbose\":false,\"pedantic\":false}";
 /// has confirmed it, so that every message published afterwards must arrive.
 /// crier over TCP switches to version 2 pushes (`HELLO 2`); over WebSocket
 /// it keeps version 1, where a delivery is one message holding the payload.
+/// An event stream is already subscribed: its request named the channel and
+/// its response head, read by [`super::sse::handshake`], confirmed it.
 pub async fn subscribe(
     stream: &mut TcpStream,
     wire: &mut Wire,
     d: Dialect,
     channel: &str,
 ) -> Result<()> {
+    if wire.is_sse() {
+        return Ok(());
+    }
     let mut req = Vec::with_capacity(128);
     let subscribe = format!("SUBSCRIBE {channel}");
     match d {

@@ -1,5 +1,6 @@
 //! How a connection's bytes travel (`--transport`): the target's own
-//! protocol straight over TCP, or inside WebSocket frames. A [`Wire`] owns
+//! protocol straight over TCP, inside WebSocket frames, or (crier only,
+//! one way) as Server-Sent Events in a chunked HTTP body. A [`Wire`] owns
 //! the read buffer and turns what was read into the dialect's [`Frame`]s,
 //! answering the server's pings itself; the subscriber and publisher loops
 //! see the same frames whatever the transport.
@@ -11,10 +12,17 @@
 //! - NATS (its `websocket` listener): its text protocol is a byte stream cut
 //!   into binary frames anywhere, so frame payloads are first joined in place
 //!   ([`ws::Deframer`]) and then parsed as over TCP.
+//!
+//! Over Server-Sent Events (crier's `GET /sse?channel=CH`): chunk payloads
+//! are joined in place ([`sse::Dechunker`]), then each event's JSON is read
+//! in place ([`sse::events`]): one delivery per event, its `data` string the
+//! payload. Nothing is sent after the request: the response head was the
+//! subscription's confirmation.
 
 use anyhow::{Result, anyhow, bail};
 use bytes::{Buf, BytesMut};
 
+use super::sse;
 use super::targets::{self, Dialect, Frame};
 use super::ws;
 
@@ -26,6 +34,8 @@ pub enum Transport {
     Tcp,
     /// WebSocket: crier's `GET /ws`, NATS's websocket listener.
     Ws,
+    /// Server-Sent Events: crier's `GET /sse` (one way: subscribers only).
+    Sse,
 }
 
 impl Transport {
@@ -33,6 +43,7 @@ impl Transport {
         match self {
             Transport::Tcp => "tcp",
             Transport::Ws => "ws",
+            Transport::Sse => "sse",
         }
     }
 }
@@ -51,6 +62,11 @@ pub enum Wire {
         buf: BytesMut,
         deframer: ws::Deframer,
     },
+    /// crier's Server-Sent Events: one event per delivery, in a chunked body.
+    Sse {
+        buf: BytesMut,
+        dechunker: sse::Dechunker,
+    },
 }
 
 impl Wire {
@@ -68,21 +84,30 @@ impl Wire {
         })
     }
 
+    /// An event stream, `buf` holding what followed the response head.
+    pub fn sse(buf: BytesMut, dechunker: sse::Dechunker) -> Self {
+        Wire::Sse { buf, dechunker }
+    }
+
     pub fn is_websocket(&self) -> bool {
-        !matches!(self, Wire::Tcp { .. })
+        matches!(self, Wire::WsMessages(_) | Wire::WsStream { .. })
+    }
+
+    pub fn is_sse(&self) -> bool {
+        matches!(self, Wire::Sse { .. })
     }
 
     /// Where reads land.
     pub fn read_buf(&mut self) -> &mut BytesMut {
         match self {
-            Wire::Tcp { buf, .. } | Wire::WsStream { buf, .. } => buf,
+            Wire::Tcp { buf, .. } | Wire::WsStream { buf, .. } | Wire::Sse { buf, .. } => buf,
             Wire::WsMessages(m) => &mut m.buf,
         }
     }
 
     pub fn into_buf(self) -> BytesMut {
         match self {
-            Wire::Tcp { buf, .. } | Wire::WsStream { buf, .. } => buf,
+            Wire::Tcp { buf, .. } | Wire::WsStream { buf, .. } | Wire::Sse { buf, .. } => buf,
             Wire::WsMessages(m) => m.buf,
         }
     }
@@ -90,6 +115,7 @@ impl Wire {
     /// Appends one command line (given without its line end) to `out` as
     /// this wire sends it: with CRLF over TCP; over WebSocket a masked text
     /// message (crier) or the line with CRLF in a masked binary frame (NATS).
+    /// An event stream is one way: nothing is appended.
     pub fn put_line(&self, out: &mut Vec<u8>, line: &[u8]) {
         match self {
             Wire::Tcp { .. } => {
@@ -100,6 +126,7 @@ impl Wire {
             Wire::WsStream { .. } => {
                 ws::put_frame(out, ws::OP_BINARY, &[line, b"\r\n"], ws::mask_key())
             }
+            Wire::Sse { .. } => {}
         }
     }
 
@@ -134,6 +161,15 @@ impl Wire {
                 });
                 deframer.consume(buf, used);
                 parsed.and(deframed)
+            }
+            Wire::Sse { buf, dechunker } => {
+                // Whatever arrived before the end of the stream or a broken
+                // chunk is used first.
+                let dechunked = dechunker.dechunk(buf);
+                let n = dechunker.stream_len();
+                let (used, parsed) = sse::events(&mut buf[..n], f);
+                dechunker.consume(buf, used);
+                parsed.and(dechunked)
             }
         }
     }
@@ -325,6 +361,42 @@ mod tests {
     }
 
     #[test]
+    fn crier_sse_at_every_split() {
+        let mut input = Vec::new();
+        for chunk in [
+            &b"data: {\"channel\":\"bench.0\",\"data\":\"0000hello\"}\n\n"[..],
+            b": keep-alive\n\n",
+            b"data: {\"channel\":\"bench.0\",\"data\":\"0000a\"}\n\ndata: {\"channel\":\"bench.0\",\"data\":\"0000b\"}\n\n",
+            b"event: error\ndata: ERR slow consumer\n\n",
+        ] {
+            input.extend_from_slice(format!("{:x}\r\n", chunk.len()).as_bytes());
+            input.extend_from_slice(chunk);
+            input.extend_from_slice(b"\r\n");
+        }
+        input.extend_from_slice(b"0\r\n\r\n");
+        for cut in 0..=input.len() {
+            let wire = Wire::sse(BytesMut::new(), sse::Dechunker::new(sse::Body::Chunked));
+            let (seen, out, err) = run(wire, &input, cut);
+            assert_eq!(
+                seen,
+                [
+                    "msg 0000hello",
+                    "msg 0000a",
+                    "msg 0000b",
+                    "Error([69, 82, 82, 32, 115, 108, 111, 119, 32, 99, 111, 110, 115, 117, 109, 101, 114])"
+                ],
+                "cut {cut}"
+            );
+            assert!(out.is_empty(), "cut {cut}: an event stream is one way");
+            assert_eq!(
+                err.as_deref(),
+                Some("the server ended the event stream (last chunk)"),
+                "cut {cut}"
+            );
+        }
+    }
+
+    #[test]
     fn stop_leaves_the_rest_buffered() {
         let mut wire = Wire::websocket(Dialect::Crier, BytesMut::new()).expect("wire");
         for p in [&b"CONFIRMED"[..], b"0000a", b"0000b"] {
@@ -361,5 +433,10 @@ mod tests {
         nats.put_line(&mut out, b"SUB a 1");
         assert_eq!(client_frames(&out), [(ws::OP_BINARY, b"SUB a 1\r\n".to_vec())]);
         assert!(Wire::websocket(Dialect::Resp, BytesMut::new()).is_err());
+        out.clear();
+        let sse = Wire::sse(BytesMut::new(), sse::Dechunker::new(sse::Body::Chunked));
+        sse.put_line(&mut out, b"SUBSCRIBE a");
+        assert!(out.is_empty());
+        assert!(sse.is_sse() && !sse.is_websocket());
     }
 }

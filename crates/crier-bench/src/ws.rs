@@ -13,8 +13,9 @@
 
 use anyhow::{Context, Result, bail};
 use bytes::BytesMut;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+
+use super::http::{self, Endpoint};
 
 pub const OP_CONTINUATION: u8 = 0x0;
 pub const OP_TEXT: u8 = 0x1;
@@ -242,16 +243,6 @@ impl Deframer {
     }
 }
 
-/// Where to open the WebSocket: `host` is the `Host` header (the address
-/// as given), `path` the request target.
-pub struct Endpoint<'a> {
-    pub host: &'a str,
-    pub path: &'a str,
-}
-
-/// Bytes of response headers read at most before giving up.
-const MAX_RESPONSE_HEAD: usize = 16 * 1024;
-
 /// The opening handshake request (RFC 6455 §4.1), with no extension and no
 /// subprotocol offered.
 pub fn request(ep: &Endpoint<'_>, key: &str) -> String {
@@ -265,21 +256,14 @@ pub fn request(ep: &Endpoint<'_>, key: &str) -> String {
 /// Checks the server's response head (status line and headers, without
 /// the final empty line) against the key sent.
 pub fn check_response(head: &[u8], key: &str) -> Result<()> {
-    let text = std::str::from_utf8(head).context("handshake response is not UTF-8")?;
-    let mut lines = text.split("\r\n");
-    let status = lines.next().unwrap_or("");
-    let mut words = status.split(' ');
-    let (version, code) = (words.next().unwrap_or(""), words.next().unwrap_or(""));
-    if !version.starts_with("HTTP/1.") || code != "101" {
+    let (status, headers) = http::parse_head(head).context("handshake response")?;
+    if http::status_code(status) != Some("101") {
         bail!("WebSocket upgrade refused: {status:?}");
     }
     let (mut upgrade, mut connection, mut accept) = (false, false, None);
-    for line in lines {
-        let Some((name, value)) = line.split_once(':') else {
-            bail!("bad header line in the handshake response: {line:?}");
-        };
-        let value = value.trim();
-        match name.trim().to_ascii_lowercase().as_str() {
+    for header in headers {
+        let (name, value) = header.context("handshake response")?;
+        match name.to_ascii_lowercase().as_str() {
             "upgrade" => upgrade = value.eq_ignore_ascii_case("websocket"),
             "connection" => {
                 connection = value.split(',').any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
@@ -311,28 +295,11 @@ pub async fn handshake(
     buf_cap: usize,
 ) -> Result<BytesMut> {
     let key = tungstenite::handshake::client::generate_key();
-    stream.write_all(request(ep, &key).as_bytes()).await?;
-    let mut buf = BytesMut::with_capacity(buf_cap.max(4096));
-    // Bytes already searched for the blank line, less 3 (it may straddle reads).
-    let mut from = 0usize;
-    loop {
-        if let Some(at) = buf[from..].windows(4).position(|w| w == b"\r\n\r\n") {
-            let end = from + at;
-            check_response(&buf[..end], &key)?;
-            let _ = buf.split_to(end + 4);
-            return Ok(buf);
-        }
-        from = buf.len().saturating_sub(3);
-        if buf.len() > MAX_RESPONSE_HEAD {
-            bail!("no end of the handshake response within {MAX_RESPONSE_HEAD} bytes");
-        }
-        if buf.capacity() - buf.len() < 1024 {
-            buf.reserve(4096);
-        }
-        if stream.read_buf(&mut buf).await? == 0 {
-            bail!("server closed the connection during the WebSocket handshake");
-        }
-    }
+    let (head, buf) =
+        http::exchange(stream, request(ep, &key).as_bytes(), buf_cap, "WebSocket handshake")
+            .await?;
+    check_response(&head, &key)?;
+    Ok(buf)
 }
 
 /// A server frame (unmasked), for tests.
