@@ -119,7 +119,7 @@ impl<B: Broker> Session<B> {
                 } else {
                     match self.config.auth.verify(&token) {
                         Ok(permissions) => {
-                            self.authorize(permissions);
+                            self.authorize(Arc::new(permissions));
                             Reply::Confirmed
                         }
                         Err(why) => {
@@ -152,8 +152,7 @@ impl<B: Broker> Session<B> {
 
     /// Takes a token's permissions (from `AUTH`, or from the web request that
     /// opened the connection): subscriptions they no longer allow end.
-    pub fn authorize(&mut self, permissions: Permissions) {
-        let permissions = Arc::new(permissions);
+    pub fn authorize(&mut self, permissions: Arc<Permissions>) {
         let kept = |topic: &Topic| match topic.kind {
             Kind::Channel => permissions.allows(Action::Subscribe, &topic.name),
             Kind::Pattern => permissions.allows_pattern(&topic.name),
@@ -165,6 +164,19 @@ impl<B: Broker> Session<B> {
             metrics::get().subscriptions.dec();
         }
         self.permissions = permissions;
+    }
+
+    /// Ends the session: delivers what the last commands queued, ends every
+    /// subscription and stops the outbox accepting output (its writer
+    /// flushes what is queued, then stops). Dropping the session does the
+    /// same; calling it twice is harmless.
+    pub fn end(&mut self) {
+        self.flush.run();
+        metrics::get().subscriptions.dec_by(self.topics.len() as i64);
+        for topic in self.topics.drain(..) {
+            self.broker.unsubscribe(&topic, self.outbox.id());
+        }
+        self.outbox.close();
     }
 
     /// When the connection's token expires, if it has one.
@@ -268,14 +280,7 @@ impl<B: Broker> Session<B> {
 }
 
 impl<B: Broker> Drop for Session<B> {
-    /// Delivers what the last commands queued, ends every subscription and
-    /// stops the outbox accepting output.
     fn drop(&mut self) {
-        self.flush.run();
-        metrics::get().subscriptions.dec_by(self.topics.len() as i64);
-        for topic in self.topics.drain(..) {
-            self.broker.unsubscribe(&topic, self.outbox.id());
-        }
-        self.outbox.close();
+        self.end();
     }
 }

@@ -174,9 +174,10 @@ pub async fn serve<B: Broker>(listener: TcpListener, web: Web<B>, slots: Arc<Sem
         connections.spawn(async move {
             match tls {
                 None => serve_connection(TokioIo::new(stream), connection, router, closing).await,
-                Some(tls) => match tls.accept(stream).await {
+                Some(tls) => match Box::pin(tls.accept(stream)).await {
                     Ok(stream) => {
-                        serve_connection(TokioIo::new(stream), connection, router, closing).await
+                        let io = TokioIo::new(stream);
+                        Box::pin(serve_connection(io, connection, router, closing)).await
                     }
                     Err(error) => {
                         metrics::get().connection_refused("http", Closed::TlsError);

@@ -109,8 +109,9 @@ impl Violation {
 #[derive(Debug)]
 pub struct Reader {
     buf: ReadBuffer,
-    /// The fragments of a message begun and not finished.
-    fragments: Option<BytesMut>,
+    /// The fragments of a message begun and not finished (boxed: rare, and
+    /// every idle connection would carry the room).
+    fragments: Option<Box<BytesMut>>,
     max_message: usize,
 }
 
@@ -147,7 +148,7 @@ impl Reader {
             if is_control && (len > 125 || !header.is_final) {
                 return Err(Violation::Protocol);
             }
-            let so_far = self.fragments.as_ref().map_or(0, BytesMut::len) as u64;
+            let so_far = self.fragments.as_ref().map_or(0, |f| f.len()) as u64;
             // A CRLF at the end of a command is not part of it: two bytes of slack.
             if !is_control && so_far + len > self.max_message as u64 + 2 {
                 return Err(Violation::TooBig);
@@ -169,7 +170,7 @@ impl Reader {
                     if header.is_final {
                         return self.line(payload).map(Some);
                     }
-                    self.fragments = Some(payload);
+                    self.fragments = Some(Box::new(payload));
                 }
                 OpCode::Data(Data::Continue) => {
                     let Some(fragments) = self.fragments.as_mut() else {
@@ -177,7 +178,7 @@ impl Reader {
                     };
                     fragments.extend_from_slice(&payload);
                     if header.is_final {
-                        let message = self.fragments.take().unwrap_or_default();
+                        let message = self.fragments.take().map(|f| *f).unwrap_or_default();
                         return self.line(message).map(Some);
                     }
                 }
@@ -209,7 +210,7 @@ impl Reader {
 
     /// Bytes of memory the reader holds (for tests).
     pub fn capacity(&self) -> usize {
-        self.buf.capacity() + self.fragments.as_ref().map_or(0, BytesMut::capacity)
+        self.buf.capacity() + self.fragments.as_ref().map_or(0, |f| f.capacity())
     }
 }
 

@@ -60,18 +60,25 @@ pub async fn serve<B: Broker>(
                     (Arc::clone(&broker), Arc::clone(&config), shutdown.clone());
                 metrics::get().connection_opened(Transport::Tcp);
                 tokio::spawn(async move {
+                    // The TLS path is boxed: its handshake and session state
+                    // are kilobytes that plain connections must not carry.
                     let closed = match config.tls.clone() {
                         None => tcp::serve(socket::Tcp(stream), id, broker, config, shutdown).await,
-                        Some(tls) => match tls.accept(stream).await {
-                            Ok(stream) => {
-                                let socket = socket::Tls(std::sync::Mutex::new(stream));
-                                tcp::serve(socket, id, broker, config, shutdown).await
-                            }
-                            Err(error) => {
-                                tracing::debug!(%peer, %error, "tls handshake failed");
-                                Closed::TlsError
-                            }
-                        },
+                        Some(tls) => {
+                            Box::pin(async move {
+                                match tls.accept(stream).await {
+                                    Ok(stream) => {
+                                        let socket = socket::Tls(std::sync::Mutex::new(stream));
+                                        tcp::serve(socket, id, broker, config, shutdown).await
+                                    }
+                                    Err(error) => {
+                                        tracing::debug!(%peer, %error, "tls handshake failed");
+                                        Closed::TlsError
+                                    }
+                                }
+                            })
+                            .await
+                        }
                     };
                     metrics::get().connection_closed(Transport::Tcp, closed);
                     drop(slot);

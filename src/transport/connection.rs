@@ -73,8 +73,8 @@ impl Decoder {
 /// returns why the connection ended.
 pub async fn serve<B: Broker, S: Socket>(
     socket: S,
-    decoder: Decoder,
-    token: Option<Permissions>,
+    mut decoder: Decoder,
+    token: Option<Arc<Permissions>>,
     id: ConnId,
     broker: Arc<B>,
     config: Arc<Config>,
@@ -91,9 +91,14 @@ pub async fn serve<B: Broker, S: Socket>(
     if let Some(permissions) = token {
         session.authorize(permissions);
     }
-    // Both halves borrow the one socket: no split, no shared handle to allocate.
+    // Both halves borrow the one socket: no split, no shared handle to
+    // allocate. The session and the decoder live here once and are borrowed:
+    // every byte of this future is paid by every idle connection.
     let reading = async {
-        let violation = read(session, decoder, socket, &closed, &cause).await;
+        let (reason, violation) = read(&mut session, &mut decoder, socket, &closed).await;
+        cause.set(reason);
+        last_words(&mut session, &decoder, reason);
+        session.end();
         closed.cancel();
         if violation {
             Box::pin(linger(socket)).await;
@@ -103,19 +108,10 @@ pub async fn serve<B: Broker, S: Socket>(
     cause.get_or(Closed::Shutdown)
 }
 
-/// Feeds the client's commands to the session until the client leaves,
-/// breaks the framing (returns true: unread input may remain) or `closed` is
-/// cancelled. Dropping the session at the end closes the outbox, after the
-/// framing's last words (a WebSocket close frame).
-async fn read<B: Broker, S: Socket>(
-    mut session: Session<B>,
-    mut decoder: Decoder,
-    socket: &S,
-    closed: &CancellationToken,
-    cause: &Cause,
-) -> bool {
-    let (reason, violation) = commands(&mut session, &mut decoder, socket, closed).await;
-    cause.set(reason);
+/// What the framing says before the connection closes: a WebSocket close
+/// frame with the code for `reason` (refused if the connection was cut off
+/// meanwhile: it got its own).
+fn last_words<B: Broker>(session: &mut Session<B>, decoder: &Decoder, reason: Closed) {
     if let Decoder::WebSocket(_) = decoder {
         let code = match reason {
             Closed::Shutdown => CloseCode::GoingAway,
@@ -124,15 +120,15 @@ async fn read<B: Broker, S: Socket>(
             Closed::TokenExpired => CloseCode::Policy,
             _ => CloseCode::Normal,
         };
-        // Refused if the connection was cut off meanwhile (it got its own).
         session.send(websocket::close(code));
     }
-    violation
 }
 
-/// The reading loop proper: returns why it stopped, and whether unread input
-/// may remain (then the socket lingers so the client reads its error).
-async fn commands<B: Broker, S: Socket>(
+/// Feeds the client's commands to the session until the client leaves,
+/// breaks the framing or `closed` is cancelled; returns why it stopped, and
+/// whether unread input may remain (then the socket lingers so the client
+/// reads its error).
+async fn read<B: Broker, S: Socket>(
     session: &mut Session<B>,
     reader: &mut Decoder,
     socket: &S,
@@ -237,7 +233,8 @@ async fn write_loop<S: Socket>(
     closed.cancel();
     // FIN now, even if the reader still lingers on the socket.
     let sink = outbox.sink();
-    let _ = tokio::time::timeout(GRACE, poll_fn(|cx| sink.poll_shutdown(cx))).await;
+    // Boxed: a timer is hundreds of bytes every idle connection would carry.
+    let _ = Box::pin(tokio::time::timeout(GRACE, poll_fn(|cx| sink.poll_shutdown(cx)))).await;
 }
 
 /// A slow consumer: finishes the frame the client has begun to receive,

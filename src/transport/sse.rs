@@ -79,7 +79,7 @@ pub async fn stream<B: Broker>(
         Framing::EventStream,
     );
     if let Some(permissions) = token {
-        session.authorize(permissions);
+        session.authorize(Arc::new(permissions));
     }
     if let Err(reason) = session.subscribe_all(topics).await {
         let status = match reason {

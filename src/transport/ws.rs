@@ -38,7 +38,7 @@ pub async fn upgrade<B: Broker>(State(web): State<Web<B>>, mut request: Request)
         Err(reason) => return error(StatusCode::BAD_REQUEST, reason),
     };
     let permissions = match credentials(&web.config, request.headers(), token.as_deref()) {
-        Ok(permissions) => permissions,
+        Ok(permissions) => permissions.map(Arc::new),
         Err(refusal) => return *refusal,
     };
     let Some(connection) = request.extensions().get::<Arc<Connection>>().cloned() else {
@@ -55,7 +55,8 @@ pub async fn upgrade<B: Broker>(State(web): State<Web<B>>, mut request: Request)
         };
         let id = outbox::next_id();
         let (broker, config, closing) = (web.broker, web.config, web.closing);
-        let reader = |early| Decoder::WebSocket(Reader::new(config.max_line, early));
+        let max_line = config.max_line;
+        let reader = move |early| Decoder::WebSocket(Reader::new(max_line, early));
         metrics::get().connection_opened(Transport::WebSocket);
         let closed = match upgraded.downcast::<TokioIo<TcpStream>>() {
             Ok(parts) => {
@@ -64,11 +65,16 @@ pub async fn upgrade<B: Broker>(State(web): State<Web<B>>, mut request: Request)
                 connection::serve(socket, decoder, permissions, id, broker, config, closing).await
             }
             Err(upgraded) => match upgraded.downcast::<TokioIo<TlsStream<TcpStream>>>() {
+                // Boxed, all of it: a TLS session's kilobytes must not sit
+                // in every plain WebSocket's task.
                 Ok(parts) => {
-                    let socket = socket::Tls(Mutex::new(parts.io.into_inner()));
-                    let decoder = reader(parts.read_buf);
-                    connection::serve(socket, decoder, permissions, id, broker, config, closing)
-                        .await
+                    Box::pin(async move {
+                        let socket = socket::Tls(Mutex::new(parts.io.into_inner()));
+                        let decoder = reader(parts.read_buf);
+                        connection::serve(socket, decoder, permissions, id, broker, config, closing)
+                            .await
+                    })
+                    .await
                 }
                 Err(_) => {
                     tracing::warn!("websocket: the upgraded connection is neither TCP nor TLS");
