@@ -23,3 +23,25 @@ pub async fn serve<B: Broker, S: Socket>(
     let decoder = Decoder::Line(LineReader::new(config.max_line));
     connection::serve(socket, decoder, None, id, broker, config, shutdown).await
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::broker::Embedded;
+    use crate::transport::socket::Tcp;
+
+    /// Every idle connection is one such future: what it holds is paid ten
+    /// thousand times. A TLS session or a timer slipping into it (both
+    /// happened) shows here first.
+    #[tokio::test]
+    async fn an_idle_connection_costs_under_a_kilobyte_of_task() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("an address");
+        let stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        let broker = Arc::new(Embedded::new(10));
+        let config = Arc::new(Config::default());
+        let future = serve(Tcp(stream), 1, broker, config, CancellationToken::new());
+        let size = std::mem::size_of_val(&future);
+        assert!(size < 1024, "the connection's future is {size} bytes");
+    }
+}
