@@ -4,7 +4,8 @@
 #
 #   scripts/bench-matrix.sh fanout|latency|conns|core|partial|web [RUNS]
 #
-# SYSTEMS overrides the systems measured (default: crier crier-redis redis
+# SYSTEMS overrides the systems measured (crier-auth: crier with auth on and
+# everything allowed anonymously; default: crier crier-redis redis
 # nats; for web: crier nats); the system crier-base is the crier binary at
 # $CRIER_BASE (an older build, for before/after figures), measured with the
 # same load generator. web: the subscribers connect over WebSocket (crier's
@@ -37,14 +38,19 @@ start() {
         set -- crier
     fi
     case $1 in
-    crier | crier-redis)
-        if [ "$1" = crier-redis ]; then
+    crier | crier-redis | crier-auth)
+        if [ "$1" = crier-auth ]; then
+            # Auth on, every client allowed anonymously: the cost of the
+            # permission checks on the fan-out path.
+            set -- crier --auth-hmac-secret "a benchmark secret of at least thirty-two bytes" \
+                --anonymous-subscribe '*' --anonymous-publish '*'
+        elif [ "$1" = crier-redis ]; then
             redis-server --port $redis_port --save '' --appendonly no --daemonize yes \
                 --pidfile "$work/redis.pid" --logfile "$work/redis.log" --maxclients 20000 >/dev/null
             wait_port $redis_port
             set -- crier --redis "redis://127.0.0.1:$redis_port"
             EXTRA=(--publish-redis "127.0.0.1:$redis_port")
-        else
+        elif [ "$1" = crier ]; then
             set -- crier
         fi
         shift
