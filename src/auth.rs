@@ -29,6 +29,8 @@ use crate::broker::glob::Glob;
 pub const MAX_TOKEN: usize = 8 * 1024;
 /// Clock leeway on `exp` and `nbf`, in seconds.
 const LEEWAY: u64 = 1;
+/// Shortest HMAC secret accepted (and signed with, by `crier token`).
+pub const MIN_SECRET: usize = 32;
 
 /// What a client asks permission for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -74,7 +76,7 @@ impl Auth {
         deny_publish: bool,
     ) -> anyhow::Result<Auth> {
         let mut keys = Vec::new();
-        if let Some(secret) = hmac_secret(sources)? {
+        for secret in hmac_secrets(sources)? {
             keys.push((DecodingKey::from_secret(&secret), "hmac secret"));
         }
         for path in &sources.public_keys {
@@ -97,6 +99,10 @@ impl Auth {
             let set: JwkSet = serde_json::from_str(&text)
                 .with_context(|| format!("--auth-jwks {}: not a JWK set", path.display()))?;
             for jwk in &set.keys {
+                // Public keys only: a shared secret belongs in the secret file.
+                if let jsonwebtoken::jwk::AlgorithmParameters::OctetKey(_) = jwk.algorithm {
+                    bail!("--auth-jwks {}: symmetric (oct) keys are refused", path.display());
+                }
                 let key = DecodingKey::from_jwk(jwk)
                     .with_context(|| format!("--auth-jwks {}: unusable key", path.display()))?;
                 keys.push((key, "jwks key"));
@@ -146,6 +152,8 @@ impl Auth {
         let mut validation = Validation::new(header.alg);
         validation.leeway = LEEWAY;
         validation.validate_nbf = true;
+        // crier has no audience of its own: `aud`, like other claims, is ignored.
+        validation.validate_aud = false;
         validation.set_required_spec_claims(&["sub"]);
         let family = header.alg.family();
         let mut last = invalid("no key for this algorithm");
@@ -159,22 +167,25 @@ impl Auth {
     }
 }
 
-fn hmac_secret(sources: &KeySources) -> anyhow::Result<Option<Vec<u8>>> {
-    let secret = match (&sources.hmac_secret, &sources.hmac_secret_file) {
+/// The HMAC secrets: the flag's, or each non-empty line of the file (two
+/// lines while a secret is being rotated).
+fn hmac_secrets(sources: &KeySources) -> anyhow::Result<Vec<Vec<u8>>> {
+    let secrets = match (&sources.hmac_secret, &sources.hmac_secret_file) {
         (Some(_), Some(_)) => bail!("give --auth-hmac-secret or --auth-hmac-secret-file, not both"),
-        (Some(secret), None) => secret.as_bytes().to_vec(),
+        (Some(secret), None) => vec![secret.as_bytes().to_vec()],
         (None, Some(path)) => {
             let text = std::fs::read(path).with_context(|| {
                 format!("--auth-hmac-secret-file: cannot read {}", path.display())
             })?;
-            text.trim_ascii_end().to_vec()
+            let lines = text.split(|&b| b == b'\n').map(<[u8]>::trim_ascii);
+            lines.filter(|line| !line.is_empty()).map(<[u8]>::to_vec).collect()
         }
-        (None, None) => return Ok(None),
+        (None, None) => return Ok(Vec::new()),
     };
-    if secret.len() < 32 {
-        bail!("the HMAC secret must be at least 32 bytes");
+    if secrets.iter().any(|secret| secret.len() < MIN_SECRET) {
+        bail!("an HMAC secret must be at least {MIN_SECRET} bytes");
     }
-    Ok(Some(secret))
+    Ok(secrets)
 }
 
 /// The claims crier reads; others are ignored.
@@ -182,7 +193,8 @@ fn hmac_secret(sources: &KeySources) -> anyhow::Result<Option<Vec<u8>>> {
 struct Claims {
     #[allow(dead_code)]
     sub: String,
-    exp: Option<u64>,
+    /// Seconds since the epoch; a fraction is allowed (RFC 7519's NumericDate).
+    exp: Option<f64>,
     #[serde(default)]
     subscribe: Vec<String>,
     #[serde(default)]
@@ -208,7 +220,8 @@ impl Permissions {
         Permissions {
             subscribe: Grants::from_globs(claims.subscribe.iter().map(String::as_bytes)),
             publish: Grants::from_globs(claims.publish.iter().map(String::as_bytes)),
-            expires: claims.exp,
+            // Whole seconds, rounded down: never later than the token says.
+            expires: claims.exp.map(|exp| exp.max(0.0) as u64),
         }
     }
 
@@ -250,9 +263,10 @@ impl Permissions {
         })
     }
 
-    /// When the token expires.
+    /// When a connection holding the token is ended: its `exp`, plus the
+    /// leeway verification allows, so the two agree.
     pub fn expires(&self) -> Option<SystemTime> {
-        self.expires.map(|secs| UNIX_EPOCH + Duration::from_secs(secs))
+        self.expires.map(|secs| UNIX_EPOCH + Duration::from_secs(secs.saturating_add(LEEWAY)))
     }
 }
 

@@ -33,7 +33,7 @@ pub struct ServeArgs {
     /// Do not listen for HTTP at all (`--no-http`, or `--no-http true`).
     #[arg(long, env = "CRIER_NO_HTTP", num_args = 0..=1, default_missing_value = "true")]
     pub no_http: Option<bool>,
-    /// Largest POST /publish body in bytes [default: 1048576].
+    /// Largest POST /publish body in bytes, at most --max-pending / 6 [default: 1048576, or --max-pending / 6 if less].
     #[arg(long, env = "CRIER_MAX_PAYLOAD")]
     pub max_payload: Option<usize>,
     /// Seconds /readyz answers 503 after SIGTERM before connections are closed [default: 0].
@@ -60,7 +60,7 @@ pub struct ServeArgs {
     /// Concurrent client connections before `ERR server full` [default: 10000].
     #[arg(long, env = "CRIER_MAX_CONNECTIONS")]
     pub max_connections: Option<usize>,
-    /// Answer `PUBLISH` from clients with `ERR forbidden` (only the backend publishes).
+    /// Answer `PUBLISH` from clients without a token with `ERR forbidden` (with auth off: from every client; only the backend publishes).
     #[arg(long, env = "CRIER_DENY_PUBLISH")]
     pub deny_publish: Option<bool>,
     #[command(flatten)]
@@ -86,7 +86,7 @@ pub struct KeyArgs {
     /// HMAC secret for HS256/384/512 tokens (at least 32 bytes; prefer the file or the environment).
     #[arg(long, env = "CRIER_AUTH_HMAC_SECRET", hide_env_values = true)]
     pub auth_hmac_secret: Option<Secret>,
-    /// File holding the HMAC secret (trailing white space ignored).
+    /// File of HMAC secrets, one per line (two while rotating; white space around each ignored).
     #[arg(long, env = "CRIER_AUTH_HMAC_SECRET_FILE")]
     pub auth_hmac_secret_file: Option<PathBuf>,
     /// PEM public key (RSA, EC P-256/P-384, Ed25519) for RS*/PS*/ES*/EdDSA tokens; repeat to accept several (rotation).

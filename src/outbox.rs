@@ -57,9 +57,9 @@ const MAX_SLICES: usize = 1024;
 pub trait Sink: Send + Sync + 'static {
     /// Writes a prefix of `frames` without waiting, from whichever thread
     /// calls; returns how many bytes it took, or `WouldBlock` when none fit.
-    /// A transport that only its own task can write (TLS, WebSocket: their
-    /// state is behind `&mut`) always answers `WouldBlock`, and its writer
-    /// task does the writing.
+    /// A transport that only its own task can write (TLS, whose session
+    /// state is the writer's; SSE, written by hyper) always answers
+    /// `WouldBlock`, and its writer does the writing.
     fn try_write(&self, frames: &[IoSlice<'_>]) -> io::Result<usize>;
 
     /// Called once, by the producer that cut the connection off. A

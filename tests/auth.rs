@@ -246,3 +246,65 @@ fn crier_token_mints_what_the_server_accepts() {
     assert!(published.status.success(), "{}", String::from_utf8_lossy(&published.stderr));
     client.expect_line(b"smoke");
 }
+
+#[test]
+fn keys_rotate_through_a_secret_file_and_a_jwk_set() {
+    use base64::Engine;
+    let keys = Keys::create();
+    // Two HMAC secrets at once: tokens of either verify.
+    let old = "an old secret that is also at least 32 bytes";
+    let secrets = keys.dir.join("secrets");
+    std::fs::write(&secrets, format!("{SECRET}\n  {old}  \n\n")).expect("the secret file");
+    // A JWK set holding the Ed25519 public key.
+    let der = keys.dir.join("ed25519.der");
+    let status = std::process::Command::new("openssl")
+        .args(["pkey", "-pubin", "-in"])
+        .arg(keys.dir.join("ed25519.pub"))
+        .args(["-outform", "DER", "-out"])
+        .arg(&der)
+        .status()
+        .expect("openssl");
+    assert!(status.success());
+    let der = std::fs::read(&der).expect("the DER key");
+    let x = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(&der[der.len() - 32..]);
+    let jwks = keys.dir.join("jwks.json");
+    let set = json!({"keys": [{"kty": "OKP", "crv": "Ed25519", "x": x, "alg": "EdDSA"}]});
+    std::fs::write(&jwks, set.to_string()).expect("the JWK set");
+    let server = Server::start(&[
+        "--auth-hmac-secret-file",
+        secrets.to_str().expect("UTF-8"),
+        "--auth-jwks",
+        jwks.to_str().expect("UTF-8"),
+    ]);
+    let by_old = jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(Algorithm::HS256),
+        &claims(&["a"], &[]),
+        &jsonwebtoken::EncodingKey::from_secret(old.as_bytes()),
+    )
+    .expect("a token");
+    // Other claims are ignored, `aud` included, and `exp` may have a fraction.
+    let with_aud =
+        json!({"sub": "a", "aud": "someone", "exp": now_plus(60) as f64 + 0.5, "subscribe": ["a"]});
+    for token in [
+        hmac_token(&claims(&["a"], &[])),
+        by_old,
+        keys.mint(Algorithm::EdDSA, &claims(&["a"], &[])),
+        hmac_token(&with_aud),
+    ] {
+        let mut client = server.connect();
+        client.command(&format!("AUTH {token}"), "CONFIRMED");
+        client.command("SUBSCRIBE a", "CONFIRMED");
+    }
+}
+
+#[test]
+fn sighup_without_tls_keeps_the_server_running() {
+    let server = Server::start(&[]);
+    // SAFETY: kill(2) on our own child.
+    unsafe { libc::kill(server.pid() as i32, libc::SIGHUP) };
+    server.wait_log("SIGHUP: nothing to reload");
+    let mut client = server.connect();
+    client.command("PING", "PONG");
+    let mut ws = Ws::open(server.http(), "/ws?cache=123").expect("unknown parameters are ignored");
+    ws.command("PING", "PONG");
+}

@@ -81,6 +81,9 @@ fn encoding_key(args: &TokenArgs, alg: Algorithm) -> anyhow::Result<EncodingKey>
                 .to_vec(),
             _ => bail!("{alg:?} needs --auth-hmac-secret or --auth-hmac-secret-file"),
         };
+        if secret.len() < crate::auth::MIN_SECRET {
+            bail!("an HMAC secret must be at least {} bytes", crate::auth::MIN_SECRET);
+        }
         return Ok(EncodingKey::from_secret(&secret));
     }
     let Some(path) = &args.private_key else {

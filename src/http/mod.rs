@@ -104,9 +104,12 @@ pub fn credentials(
     headers: &axum::http::HeaderMap,
     query_token: Option<&[u8]>,
 ) -> Result<Option<Permissions>, Box<Response>> {
-    let bearer = headers
-        .get(axum::http::header::AUTHORIZATION)
-        .and_then(|value| value.as_bytes().strip_prefix(b"Bearer "));
+    // The scheme is case-insensitive (RFC 9110 §11.1).
+    let bearer = headers.get(axum::http::header::AUTHORIZATION).and_then(|value| {
+        let value = value.as_bytes();
+        let scheme = value.get(..7)?;
+        scheme.eq_ignore_ascii_case(b"bearer ").then(|| &value[7..])
+    });
     let Some(token) = bearer.or(query_token) else {
         return Ok(None);
     };

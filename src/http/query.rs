@@ -39,6 +39,14 @@ impl Names {
     }
 }
 
+impl Names {
+    /// Just the `token` parameter, ignoring the rest (for `/ws`).
+    pub fn token(query: Option<&str>) -> Option<Bytes> {
+        let pairs = query.unwrap_or("").split('&').filter_map(|pair| pair.split_once('='));
+        pairs.filter(|(key, _)| *key == "token").map(|(_, value)| decode(value)).last()
+    }
+}
+
 fn decode(value: &str) -> Bytes {
     let spaced = value.replace('+', " ");
     Bytes::from(percent_encoding::percent_decode_str(&spaced).collect::<Vec<u8>>())

@@ -40,7 +40,7 @@ pub enum Error {
     TooManySubscriptions,
     /// The server holds `--max-channels` channels and patterns in all.
     TooManyChannels,
-    /// The connection may not do this (`--deny-publish`; tokens later).
+    /// The connection may not do this (its token's or the anonymous permissions).
     Forbidden,
     /// The backend (Redis) cannot be reached right now.
     BackendUnavailable,
@@ -56,7 +56,7 @@ pub enum Error {
     InvalidParameter,
     /// The connection is ending (cut off, or the server shutting down).
     Closing,
-    /// `AUTH` with a token that does not verify (or auth is off).
+    /// `AUTH` with a token that does not verify; HTTP 401.
     InvalidToken,
     /// The token presented with `AUTH` expired; the connection is closed.
     TokenExpired,

@@ -54,9 +54,8 @@ pub async fn run(
             closing.cancel();
         }
     });
-    if let Some(tls) = &config.tls {
-        tokio::spawn(crate::tls::reload_on_hangup(tls.clone(), closing.clone()));
-    }
+    // Always watched: an unhandled SIGHUP would kill the process.
+    tokio::spawn(crate::tls::reload_on_hangup(config.tls.clone(), closing.clone()));
     let listeners = Listeners { line: listener, http, draining: shutdown, closing };
     match &config.redis {
         None => {

@@ -33,10 +33,9 @@ pub async fn upgrade<B: Broker>(State(web): State<Web<B>>, mut request: Request)
         Ok(key) => key,
         Err(response) => return *response,
     };
-    let token = match Names::parse(request.uri().query(), false) {
-        Ok(names) => names.token,
-        Err(reason) => return error(StatusCode::BAD_REQUEST, reason),
-    };
+    // Only `token` means something here; other parameters (a cache buster)
+    // are ignored.
+    let token = Names::token(request.uri().query());
     let permissions = match credentials(&web.config, request.headers(), token.as_deref()) {
         Ok(permissions) => permissions.map(Arc::new),
         Err(refusal) => return *refusal,
