@@ -43,7 +43,7 @@ impl Names {
     /// Just the `token` parameter, ignoring the rest (for `/ws`).
     pub fn token(query: Option<&str>) -> Option<Bytes> {
         let pairs = query.unwrap_or("").split('&').filter_map(|pair| pair.split_once('='));
-        pairs.filter(|(key, _)| *key == "token").map(|(_, value)| decode(value)).last()
+        pairs.filter(|(key, _)| *key == "token").map(|(_, value)| decode(value)).next_back()
     }
 }
 
