@@ -98,6 +98,9 @@ impl Auth {
                 .with_context(|| format!("--auth-jwks: cannot read {}", path.display()))?;
             let set: JwkSet = serde_json::from_str(&text)
                 .with_context(|| format!("--auth-jwks {}: not a JWK set", path.display()))?;
+            if set.keys.is_empty() {
+                bail!("--auth-jwks {}: no key in the set", path.display());
+            }
             for jwk in &set.keys {
                 // Public keys only: a shared secret belongs in the secret file.
                 if let jsonwebtoken::jwk::AlgorithmParameters::OctetKey(_) = jwk.algorithm {
@@ -159,7 +162,15 @@ impl Auth {
         let mut last = invalid("no key for this algorithm");
         for (key, _) in self.keys.iter().filter(|(key, _)| key.family() == family) {
             match jsonwebtoken::decode::<Claims>(token, key, &validation) {
-                Ok(data) => return Ok(Permissions::from_claims(data.claims)),
+                Ok(data) => {
+                    // The library compares whole seconds; the connection would
+                    // be ended at `expires()`: refuse what is already past it.
+                    let permissions = Permissions::from_claims(data.claims);
+                    if permissions.expires().is_some_and(|at| at <= SystemTime::now()) {
+                        return Err(invalid("expired"));
+                    }
+                    return Ok(permissions);
+                }
                 Err(error) => last = InvalidToken(error.to_string()),
             }
         }
@@ -178,7 +189,12 @@ fn hmac_secrets(sources: &KeySources) -> anyhow::Result<Vec<Vec<u8>>> {
                 format!("--auth-hmac-secret-file: cannot read {}", path.display())
             })?;
             let lines = text.split(|&b| b == b'\n').map(<[u8]>::trim_ascii);
-            lines.filter(|line| !line.is_empty()).map(<[u8]>::to_vec).collect()
+            let secrets: Vec<Vec<u8>> =
+                lines.filter(|line| !line.is_empty()).map(<[u8]>::to_vec).collect();
+            if secrets.is_empty() {
+                bail!("--auth-hmac-secret-file {}: no secret in the file", path.display());
+            }
+            secrets
         }
         (None, None) => return Ok(Vec::new()),
     };

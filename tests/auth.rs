@@ -64,6 +64,9 @@ fn bad_tokens_are_refused_and_change_nothing() {
     tampered[last] = if tampered[last] == b'A' { b'B' } else { b'A' };
     let tampered = String::from_utf8(tampered).expect("ASCII");
     let expired = keys.mint(Algorithm::RS256, &json!({"sub": "a", "exp": now_plus(-10)}));
+    // Within the library's whole-second leeway, but past the moment the
+    // connection would be ended: refused, not confirmed and then cut.
+    let just_expired = keys.mint(Algorithm::RS256, &json!({"sub": "a", "exp": now_plus(-1)}));
     let early = keys.mint(Algorithm::RS256, &json!({"sub": "a", "nbf": now_plus(600)}));
     let nobody = keys.mint(Algorithm::RS256, &json!({"exp": now_plus(600)}));
     let huge = keys.mint(Algorithm::RS256, &json!({"sub": "a", "pad": "x".repeat(9000)}));
@@ -75,6 +78,7 @@ fn bad_tokens_are_refused_and_change_nothing() {
         "not.a.token",
         "%%%.@@@.!!!",
         expired.as_str(),
+        just_expired.as_str(),
         early.as_str(),
         nobody.as_str(),
         huge.as_str(),

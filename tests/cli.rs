@@ -149,3 +149,18 @@ fn sigterm_and_sigint_shut_down_cleanly() {
         assert!(rest.is_empty());
     }
 }
+
+#[test]
+fn an_empty_secret_file_is_refused_rather_than_turning_auth_off() {
+    let path = std::env::temp_dir().join(format!("crier-empty-secret-{}", std::process::id()));
+    std::fs::write(&path, "\n  \n").expect("a file");
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_crier"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--no-http", "--auth-hmac-secret-file"])
+        .arg(&path)
+        .output()
+        .expect("run crier");
+    let _ = std::fs::remove_file(&path);
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("no secret in the file"), "{stderr}");
+}

@@ -31,7 +31,7 @@ pub struct TokenArgs {
     /// HMAC secret (as for `crier serve`).
     #[arg(long, env = "CRIER_AUTH_HMAC_SECRET", hide_env_values = true)]
     pub auth_hmac_secret: Option<Secret>,
-    /// File holding the HMAC secret (as for `crier serve`).
+    /// File of HMAC secrets (as for `crier serve`): signs with the first.
     #[arg(long, env = "CRIER_AUTH_HMAC_SECRET_FILE")]
     pub auth_hmac_secret_file: Option<PathBuf>,
     /// PEM private key (PKCS#8) for the public-key algorithms.
@@ -75,9 +75,13 @@ fn encoding_key(args: &TokenArgs, alg: Algorithm) -> anyhow::Result<EncodingKey>
     if family == AlgorithmFamily::Hmac {
         let secret = match (&args.auth_hmac_secret, &args.auth_hmac_secret_file) {
             (Some(secret), None) => secret.0.as_bytes().to_vec(),
+            // The first secret of the file: the one servers list first.
             (None, Some(path)) => std::fs::read(path)
                 .with_context(|| format!("cannot read {}", path.display()))?
-                .trim_ascii_end()
+                .split(|&b| b == b'\n')
+                .map(<[u8]>::trim_ascii)
+                .find(|line| !line.is_empty())
+                .unwrap_or_default()
                 .to_vec(),
             _ => bail!("{alg:?} needs --auth-hmac-secret or --auth-hmac-secret-file"),
         };
