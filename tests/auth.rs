@@ -312,3 +312,22 @@ fn sighup_without_tls_keeps_the_server_running() {
     let mut ws = Ws::open(server.http(), "/ws?cache=123").expect("unknown parameters are ignored");
     ws.command("PING", "PONG");
 }
+
+#[test]
+fn secrets_and_tokens_never_reach_the_log() {
+    let token = hmac_token(&claims(&["a"], &[]));
+    let server = Server::start_with_env(&["--auth-hmac-secret", SECRET], &[("CRIER_LOG", "debug")]);
+    let mut client = server.connect();
+    client.command(&format!("AUTH {token}"), "CONFIRMED");
+    let forged = token.replace('.', "x");
+    client.command(&format!("AUTH {forged}"), "ERR invalid token");
+    client.command("QUIT", "BYE");
+    client.expect_eof();
+    let closed = server.wait_log("reason=client_quit");
+    let log = server.log_so_far();
+    for secret in [SECRET, token.as_str(), forged.as_str()] {
+        assert!(!log.contains(secret), "the log holds a secret:\n{log}");
+    }
+    assert!(log.contains("token refused"), "the refusal is logged (without the token)");
+    assert!(!closed.is_empty());
+}

@@ -123,3 +123,50 @@ fn sighup_reloads_the_certificate_for_new_connections_only() {
     before.command("PING", "PONG");
     assert_eq!(before.certificate(), old, "the open connection keeps its session");
 }
+
+#[test]
+fn the_cli_clients_speak_tls() {
+    let files = TlsFiles::create();
+    let server = tls_server(&files);
+    let ca = files.dir.join("ca.crt").display().to_string();
+    let addr = server.addr.to_string();
+    let crier = env!("CARGO_BIN_EXE_crier");
+    let mut sub = std::process::Command::new(crier)
+        .args(["sub", "news", "--raw", "--tls", "--ca", &ca, "--addr", &addr])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("run crier sub");
+    // `crier sub` is subscribed once the server counts it; then publish.
+    let http = server.http();
+    let mut lines = BufReader::new(tls(http, &files));
+    let metrics = |lines: &mut BufReader<TlsStream>| {
+        let request = "GET /metrics HTTP/1.1\r\nHost: localhost\r\n\r\n";
+        lines.get_mut().write_all(request.as_bytes()).expect("send");
+        let mut text = String::new();
+        loop {
+            let mut line = String::new();
+            lines.read_line(&mut line).expect("read");
+            if line.starts_with("# EOF") {
+                return text;
+            }
+            text.push_str(&line);
+        }
+    };
+    let started = std::time::Instant::now();
+    while !metrics(&mut lines).contains("crier_subscriptions 1") {
+        assert!(started.elapsed() < DEADLINE, "crier sub never subscribed");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let published = std::process::Command::new(crier)
+        .args(["pub", "news", "over tls", "--tls", "--ca", &ca, "--addr", &addr])
+        .output()
+        .expect("run crier pub");
+    assert!(published.status.success(), "{}", String::from_utf8_lossy(&published.stderr));
+    let mut out = BufReader::new(sub.stdout.take().expect("stdout"));
+    let mut line = String::new();
+    out.read_line(&mut line).expect("a message");
+    assert_eq!(line, "over tls\n");
+    let _ = sub.kill();
+    let _ = sub.wait();
+}

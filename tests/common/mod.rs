@@ -32,6 +32,8 @@ pub struct Server {
     child: Child,
     /// Lines the server logged and no `wait_log` has passed over yet.
     early: RefCell<VecDeque<String>>,
+    /// Lines `wait_log` has passed over.
+    seen: RefCell<Vec<String>>,
     log: mpsc::Receiver<String>,
 }
 
@@ -57,7 +59,14 @@ impl Server {
         let mut child = command.spawn().expect("start crier");
         let stderr = child.stderr.take().expect("stderr");
         let (addr, early, log) = wait_for_listening(stderr);
-        let mut server = Server { addr, http: None, child, early: RefCell::new(early), log };
+        let mut server = Server {
+            addr,
+            http: None,
+            child,
+            early: RefCell::new(early),
+            seen: RefCell::default(),
+            log,
+        };
         if http_wanted {
             let early = server.early.borrow();
             let line = early.iter().find_map(|line| {
@@ -115,10 +124,19 @@ impl Server {
                     .recv_timeout(DEADLINE)
                     .unwrap_or_else(|_| panic!("the server never logged {text:?}"))
             });
+            self.seen.borrow_mut().push(line.clone());
             if line.contains(text) {
                 return line;
             }
         }
+    }
+
+    /// Every line the server logged so far that the tests have read, and
+    /// those waiting.
+    pub fn log_so_far(&self) -> String {
+        let seen = self.seen.borrow();
+        let early = self.early.borrow();
+        seen.iter().chain(early.iter()).cloned().collect::<Vec<_>>().join("\n")
     }
 }
 
