@@ -163,6 +163,7 @@ impl Auth {
         for (key, _) in self.keys.iter().filter(|(key, _)| key.family() == family) {
             match jsonwebtoken::decode::<Claims>(token, key, &validation) {
                 Ok(data) => {
+                    tracing::debug!(user = %data.claims.sub, "token verified");
                     // The library compares whole seconds; the connection would
                     // be ended at `expires()`: refuse what is already past it.
                     let permissions = Permissions::from_claims(data.claims);
@@ -207,7 +208,7 @@ fn hmac_secrets(sources: &KeySources) -> anyhow::Result<Vec<Vec<u8>>> {
 /// The claims crier reads; others are ignored.
 #[derive(Debug, Deserialize)]
 struct Claims {
-    #[allow(dead_code)]
+    /// The user: required, and named in the debug log (never the token).
     sub: String,
     /// Seconds since the epoch; a fraction is allowed (RFC 7519's NumericDate).
     exp: Option<f64>,
