@@ -91,7 +91,7 @@ pub async fn stream<B: Broker>(
     }
     metrics::get().connection_opened(Transport::Sse);
     let events = Events {
-        _session: session,
+        session,
         outbox,
         closed: Closed::ClientClosed,
         ended: false,
@@ -112,8 +112,8 @@ pub async fn stream<B: Broker>(
 /// One SSE client: its session (dropped with the stream, which ends its
 /// subscriptions) and its outbox.
 struct Events<B: Broker> {
-    /// Held for its `Drop`, which ends the subscriptions.
-    _session: Session<B>,
+    /// Its `Drop` ends the subscriptions; its token's expiry ends the stream.
+    session: Session<B>,
     outbox: Arc<Outbox<Abort>>,
     closed: Closed,
     ended: bool,
@@ -128,7 +128,7 @@ impl<B: Broker> Events<B> {
             return None;
         }
         let mut batch = Batch::default();
-        self.expiry.follow(self._session.expires());
+        self.expiry.follow(self.session.expires());
         let next = tokio::select! {
             _ = std::future::poll_fn(|cx| self.expiry.poll(cx)) => {
                 self.closed = Closed::TokenExpired;
