@@ -10,6 +10,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use crate::auth::{Auth, KeySources};
+use crate::history;
 use crate::tls::Tls;
 
 /// Default listen address: loopback only, so that a first run exposes nothing.
@@ -71,6 +72,18 @@ pub struct ServeArgs {
     /// PEM private key of --tls-cert.
     #[arg(long, env = "CRIER_TLS_KEY", requires = "tls_cert")]
     pub tls_key: Option<PathBuf>,
+    /// Messages kept per channel for RESUME and GET /history; 0 turns history off [default: 0].
+    #[arg(long, env = "CRIER_HISTORY_SIZE")]
+    pub history_size: Option<usize>,
+    /// Seconds a kept message lives [default: 3600].
+    #[arg(long, env = "CRIER_HISTORY_TTL")]
+    pub history_ttl: Option<u64>,
+    /// Channels (comma-separated globs) that keep history [default: all].
+    #[arg(long, env = "CRIER_HISTORY_CHANNELS")]
+    pub history_channels: Option<String>,
+    /// Payload bytes kept in all channels' history; the oldest go first [default: 67108864].
+    #[arg(long, env = "CRIER_HISTORY_MAX_BYTES")]
+    pub history_max_bytes: Option<usize>,
     /// With auth on: channels (comma-separated globs) a client without a token may subscribe to [default: none].
     #[arg(long, env = "CRIER_ANONYMOUS_SUBSCRIBE")]
     pub anonymous_subscribe: Option<String>,
@@ -140,6 +153,10 @@ struct FileConfig {
     anonymous_publish: Option<String>,
     tls_cert: Option<PathBuf>,
     tls_key: Option<PathBuf>,
+    history_size: Option<usize>,
+    history_ttl: Option<u64>,
+    history_channels: Option<String>,
+    history_max_bytes: Option<usize>,
 }
 
 /// The settings a running server uses.
@@ -161,6 +178,7 @@ pub struct Config {
     pub auth: Arc<Auth>,
     /// Certificate and key of both listeners, when TLS is on.
     pub tls: Option<Tls>,
+    pub history: history::memory::Settings,
 }
 
 impl Default for Config {
@@ -179,6 +197,12 @@ impl Default for Config {
             max_connections: 10_000,
             auth: Arc::new(Auth::off(false)),
             tls: None,
+            history: history::memory::Settings {
+                size: 0,
+                ttl: std::time::Duration::from_secs(3600),
+                channels: None,
+                max_bytes: 64 * 1024 * 1024,
+            },
         }
     }
 }
@@ -255,6 +279,21 @@ impl ServeArgs {
                 (Some(cert), Some(key)) => Some(Tls::load(&cert, &key)?),
                 (None, None) => None,
                 _ => bail!("--tls-cert and --tls-key go together"),
+            },
+            history: history::memory::Settings {
+                size: self.history_size.or(file.history_size).unwrap_or(default.history.size),
+                ttl: self
+                    .history_ttl
+                    .or(file.history_ttl)
+                    .map_or(default.history.ttl, std::time::Duration::from_secs),
+                channels: self.history_channels.or(file.history_channels).map(|globs| {
+                    let globs = globs.split(',').map(str::trim).filter(|g| !g.is_empty());
+                    globs.map(|glob| crate::broker::glob::Glob::new(glob.as_bytes())).collect()
+                }),
+                max_bytes: self
+                    .history_max_bytes
+                    .or(file.history_max_bytes)
+                    .unwrap_or(default.history.max_bytes),
             },
         };
         config.validate()?;

@@ -15,6 +15,7 @@
 //!   health, readiness and metrics;
 //! - [`auth`]: who may do what (the permission check of every transport);
 //! - [`metrics`]: the Prometheus metrics;
+//! - [`history`]: kept messages, positions and resume;
 //! - [`client`]: `crier client`, `crier sub`, `crier pub`;
 //! - [`config`]: flags, environment and config file.
 
@@ -22,6 +23,7 @@ pub mod auth;
 pub mod broker;
 pub mod client;
 pub mod config;
+pub mod history;
 pub mod http;
 pub mod metrics;
 pub mod outbox;

@@ -16,11 +16,12 @@ use std::time::SystemTime;
 use crate::auth::{Action, Permissions};
 use crate::broker::{Broker, Kind, Topic};
 use crate::config::Config;
+use crate::history::{Position, Resumed};
 use crate::metrics;
 use crate::outbox::{Flush, Outbox};
-use crate::protocol::Framing;
 use crate::protocol::command::{Command, Hello};
 use crate::protocol::reply::{Error, Reply};
+use crate::protocol::{Framing, Version};
 
 /// What the adapter does after a command.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -36,6 +37,8 @@ pub struct Session<B: Broker> {
     config: Arc<Config>,
     outbox: Arc<Outbox>,
     framing: Framing,
+    /// The push form's version (`HELLO`): version 3 confirms with positions.
+    version: Version,
     /// What the connection may do: the anonymous permissions, or a token's.
     permissions: Arc<Permissions>,
     /// What this connection is subscribed to, channels and patterns. A `Vec`:
@@ -60,6 +63,7 @@ impl<B: Broker> Session<B> {
             config,
             outbox,
             framing,
+            version: Version::V1,
             permissions,
             topics: Vec::new(),
             flush: Flush::default(),
@@ -108,7 +112,9 @@ impl<B: Broker> Session<B> {
                 self.reply(reply);
             }
             Command::Ping(text) => self.reply(Reply::Pong(text)),
+            Command::Resume { channel, since } => self.resume(channel, since).await,
             Command::Hello(Hello::Supported(version)) => {
+                self.version = version;
                 let reply = self.framing.reply(&Reply::Confirmed).unwrap_or_default();
                 self.outbox.push_and_switch(reply, version, &mut self.flush);
             }
@@ -209,54 +215,113 @@ impl<B: Broker> Session<B> {
 
     /// Subscribes to one topic and queues the reply, which it returns.
     async fn subscribe(&mut self, topic: Topic) -> Reply {
-        if !self.outbox.is_open() {
-            // Cut off or closing: the rest of a long SUBSCRIBE would only
-            // make the broker work for a connection about to end. Nothing is
-            // queued, and nothing will reach the client.
-            return Reply::Error(Error::Closing);
+        if let Err(refusal) = self.admit(&topic, false) {
+            return refusal;
         }
-        if self.topics.contains(&topic) {
-            self.reply(Reply::AlreadySubscribed);
-            return Reply::AlreadySubscribed;
-        }
-        let allowed = match topic.kind {
-            Kind::Channel => self.permissions.allows(Action::Subscribe, &topic.name),
-            Kind::Pattern => self.permissions.allows_pattern(&topic.name),
-        };
-        if !allowed {
-            self.reply(Error::Forbidden.into());
-            return Error::Forbidden.into();
-        }
-        if self.topics.len() >= self.config.max_subscriptions {
-            self.reply(Error::TooManySubscriptions.into());
-            return Error::TooManySubscriptions.into();
-        }
-        if self.topics.is_empty() {
-            // Most connections subscribe once: no room for four.
-            self.topics.reserve_exact(1);
-        }
-        // Recorded (and counted) before the broker is asked, so that `Drop`
-        // undoes it even if this future is dropped while the broker confirms.
-        self.topics.push(topic.clone());
-        metrics::get().subscriptions.inc();
+        self.record(topic.clone());
         // Messages that arrive while the broker confirms queue up behind the
         // reply, so the client sees CONFIRMED first.
         self.outbox.hold();
         let reply = match self.broker.subscribe(topic, &self.outbox).await {
-            Ok(shared) => {
-                if let Some(last) = self.topics.last_mut() {
-                    *last = shared;
-                }
-                Reply::Confirmed
+            Ok(subscribed) => {
+                let reply = match (&subscribed.topic.kind, self.version) {
+                    (Kind::Channel, Version::V3) => {
+                        Reply::ConfirmedAt(id_or_dash(subscribed.position))
+                    }
+                    _ => Reply::Confirmed,
+                };
+                self.settle(subscribed.topic);
+                reply
             }
             Err(error) => {
-                self.topics.pop();
-                metrics::get().subscriptions.dec();
+                self.unrecord();
                 Reply::Error(error)
             }
         };
         self.outbox.release(self.framing.reply(&reply));
         reply
+    }
+
+    /// `RESUME`: subscribes (unless already) and replays what was missed.
+    async fn resume(&mut self, channel: Bytes, since: Option<Position>) {
+        let topic = Topic::channel(channel);
+        let subscribed = self.topics.contains(&topic);
+        if self.admit(&topic, true).is_err() {
+            return;
+        }
+        if !subscribed {
+            self.record(topic.clone());
+        }
+        // The replayed messages queue behind the reply's place.
+        self.outbox.hold();
+        let resumed =
+            self.broker.resume(topic, since, subscribed, &self.outbox, &mut self.flush).await;
+        let reply = match resumed {
+            Ok((topic, resumed)) => {
+                if !subscribed {
+                    self.settle(topic);
+                }
+                match resumed {
+                    Resumed::Recovered(k) => Reply::Recovered(k),
+                    Resumed::NotRecovered(position) => Reply::NotRecovered(id_or_dash(position)),
+                }
+            }
+            Err(error) => {
+                if !subscribed {
+                    self.unrecord();
+                }
+                Reply::Error(error)
+            }
+        };
+        self.outbox.release(self.framing.reply(&reply));
+    }
+
+    /// The checks before a subscription: refused ones are answered here
+    /// (but a closing connection, which gets nothing more).
+    fn admit(&mut self, topic: &Topic, resuming: bool) -> Result<(), Reply> {
+        let refusal = if !self.outbox.is_open() {
+            // Cut off or closing: the rest of a long SUBSCRIBE would only
+            // make the broker work for a connection about to end.
+            return Err(Reply::Error(Error::Closing));
+        } else if !resuming && self.topics.contains(topic) {
+            Reply::AlreadySubscribed
+        } else if !match topic.kind {
+            Kind::Channel => self.permissions.allows(Action::Subscribe, &topic.name),
+            Kind::Pattern => self.permissions.allows_pattern(&topic.name),
+        } {
+            Error::Forbidden.into()
+        } else if !self.topics.contains(topic) && self.topics.len() >= self.config.max_subscriptions
+        {
+            Error::TooManySubscriptions.into()
+        } else {
+            return Ok(());
+        };
+        self.reply(refusal.clone());
+        Err(refusal)
+    }
+
+    /// Records (and counts) a subscription before the broker is asked, so
+    /// that `Drop` undoes it even if this future is dropped meanwhile.
+    fn record(&mut self, topic: Topic) {
+        if self.topics.is_empty() {
+            // Most connections subscribe once: no room for four.
+            self.topics.reserve_exact(1);
+        }
+        self.topics.push(topic);
+        metrics::get().subscriptions.inc();
+    }
+
+    /// The broker confirmed the last recorded topic: keep its shared name.
+    fn settle(&mut self, shared: Topic) {
+        if let Some(last) = self.topics.last_mut() {
+            *last = shared;
+        }
+    }
+
+    /// The broker refused the last recorded topic.
+    fn unrecord(&mut self) {
+        self.topics.pop();
+        metrics::get().subscriptions.dec();
     }
 
     fn unsubscribe(&mut self, topic: Topic) {
@@ -283,4 +348,9 @@ impl<B: Broker> Drop for Session<B> {
     fn drop(&mut self) {
         self.end();
     }
+}
+
+/// An id for a reply: the position's, or `-` without history.
+fn id_or_dash(position: Option<Position>) -> Bytes {
+    position.map_or_else(|| Bytes::from_static(b"-"), |position| position.id())
 }

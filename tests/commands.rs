@@ -99,7 +99,7 @@ fn ping_hello_quit() {
     client.command("ping hello there", "PONG hello there");
     client.command("HELLO 1", "CONFIRMED");
     client.command("HELLO 2", "CONFIRMED");
-    client.command("HELLO 3", "ERR unsupported protocol version");
+    client.command("HELLO 4", "ERR unsupported protocol version");
     client.command("HELLO", "ERR wrong number of arguments for 'hello'");
     client.command("QUIT", "BYE");
     client.expect_eof();

@@ -1,28 +1,79 @@
 //! The embedded backend: the server is its own broker. Publishing is a direct
-//! fan-out through the local registry; nothing else to start.
+//! fan-out through the local registry; nothing else to start. Channels that
+//! keep history keep it here (`history::Memory`): a message is stored and
+//! fanned out under its channel's ring lock, which subscriptions and resumes
+//! of that channel take too, so positions and deliveries always agree.
 
 use bytes::Bytes;
 use std::sync::Arc;
 
-use super::{Broker, Registry, Topic};
+use std::sync::atomic::AtomicBool;
+
+use super::{Broker, Kind, Registry, Subscribed, Topic};
+use crate::history::memory::{Memory, Settings};
+use crate::history::{Position, Resumed};
 use crate::outbox::{ConnId, Flush, Outbox};
+use crate::protocol::Form;
 use crate::protocol::reply::Error;
 
 #[derive(Debug)]
 pub struct Embedded {
     registry: Registry,
+    history: Memory,
 }
 
 impl Embedded {
-    /// A broker holding at most `max_channels` channels and patterns.
-    pub fn new(max_channels: usize) -> Embedded {
-        Embedded { registry: Registry::new(max_channels) }
+    /// A broker holding at most `max_channels` channels and patterns, with
+    /// the history `settings` (size 0: none).
+    pub fn new(max_channels: usize, settings: Settings) -> Embedded {
+        Embedded { registry: Registry::new(max_channels), history: Memory::new(settings) }
     }
 }
 
 impl Broker for Embedded {
-    async fn subscribe(&self, topic: Topic, outbox: &Arc<Outbox>) -> Result<Topic, Error> {
-        self.registry.add(topic, outbox).map(|(topic, _)| topic)
+    async fn subscribe(&self, topic: Topic, outbox: &Arc<Outbox>) -> Result<Subscribed, Error> {
+        if topic.kind == Kind::Channel {
+            let name = topic.name.clone();
+            let kept = self.history.with_ring(&name, |ring| {
+                let (topic, _) = self.registry.add(topic.clone(), outbox)?;
+                Ok(Subscribed { topic, position: Some(ring.position()) })
+            });
+            if let Some(subscribed) = kept {
+                return subscribed;
+            }
+        }
+        let (topic, _) = self.registry.add(topic, outbox)?;
+        Ok(Subscribed { topic, position: None })
+    }
+
+    async fn resume(
+        &self,
+        channel: Topic,
+        since: Option<Position>,
+        subscribed: bool,
+        outbox: &Arc<Outbox>,
+        flush: &mut Flush,
+    ) -> Result<(Topic, Resumed), Error> {
+        let add = |topic: Topic| {
+            if subscribed { Ok(topic) } else { self.registry.add(topic, outbox).map(|(t, _)| t) }
+        };
+        let name = channel.name.clone();
+        let kept = self.history.with_ring(&name, |ring| {
+            let topic = add(channel.clone())?;
+            let (resumed, missed) = self.history.resume(ring, since.as_ref());
+            // Queued under the ring's lock: before any message published after.
+            let active = AtomicBool::new(true);
+            for (position, payload) in missed {
+                let id = position.id();
+                let frame = |form: Form| form.encode(None, &name, &payload, Some(&id));
+                outbox.deliver(&active, frame, flush);
+            }
+            Ok((topic, resumed))
+        });
+        match kept {
+            Some(resumed) => resumed,
+            None => Ok((add(channel)?, Resumed::NotRecovered(None))),
+        }
     }
 
     fn unsubscribe(&self, topic: &Topic, id: ConnId) {
@@ -35,7 +86,16 @@ impl Broker for Embedded {
         payload: Bytes,
         flush: &mut Flush,
     ) -> Result<(), Error> {
-        self.registry.publish(&channel, &payload, flush);
+        let kept = self.history.with_ring(&channel, |ring| {
+            let id = self.history.append(ring, payload.clone()).id();
+            self.registry.publish(&channel, &payload, Some(&id), flush);
+        });
+        match kept {
+            Some(()) => self.history.enforce_cap(),
+            None => {
+                self.registry.publish(&channel, &payload, None, flush);
+            }
+        }
         Ok(())
     }
 

@@ -19,8 +19,18 @@ use std::sync::Arc;
 pub use embedded::Embedded;
 pub use registry::Registry;
 
+use crate::history::{Position, Resumed};
 use crate::outbox::{ConnId, Flush, Outbox};
 use crate::protocol::reply::Error;
+
+/// A subscription made: the topic as the broker stores it, and for a
+/// channel that keeps history, the position of its last message (a client
+/// that resumes from it misses nothing).
+#[derive(Debug, Clone)]
+pub struct Subscribed {
+    pub topic: Topic,
+    pub position: Option<Position>,
+}
 
 /// A channel name or a glob pattern.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -56,7 +66,20 @@ pub trait Broker: Send + Sync + 'static {
         &self,
         topic: Topic,
         outbox: &Arc<Outbox>,
-    ) -> impl Future<Output = Result<Topic, Error>> + Send;
+    ) -> impl Future<Output = Result<Subscribed, Error>> + Send;
+
+    /// Subscribes to `channel` (unless `subscribed` says the connection
+    /// already is) and queues to `outbox`, before any later message, every
+    /// message kept after `since`, if all of them are still kept. The
+    /// outbox holds the reply's place, so the messages follow it.
+    fn resume(
+        &self,
+        channel: Topic,
+        since: Option<Position>,
+        subscribed: bool,
+        outbox: &Arc<Outbox>,
+        flush: &mut Flush,
+    ) -> impl Future<Output = Result<(Topic, Resumed), Error>> + Send;
 
     /// Removes connection `id` from the subscribers of `topic`; nothing of
     /// `topic` is queued to it after this returns.

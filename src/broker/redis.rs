@@ -29,7 +29,8 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use super::{Broker, Kind, Registry, Topic};
+use super::{Broker, Kind, Registry, Subscribed, Topic};
+use crate::history::{Position, Resumed};
 use crate::metrics;
 use crate::outbox::{ConnId, Flush, Outbox};
 use crate::protocol::reply::Error;
@@ -100,7 +101,7 @@ impl RedisBroker {
 }
 
 impl Broker for RedisBroker {
-    async fn subscribe(&self, topic: Topic, outbox: &Arc<Outbox>) -> Result<Topic, Error> {
+    async fn subscribe(&self, topic: Topic, outbox: &Arc<Outbox>) -> Result<Subscribed, Error> {
         // Registered before Redis confirms, so nothing published after the
         // acknowledgement can slip past; the outbox holds it behind the reply.
         let (topic, _) = self.registry.add(topic, outbox)?;
@@ -110,12 +111,26 @@ impl Broker for RedisBroker {
             Err(_) => Err(Error::BackendUnavailable),
         };
         match attached {
-            Ok(()) => Ok(topic),
+            Ok(()) => Ok(Subscribed { topic, position: None }),
             Err(error) => {
                 self.registry.remove(&topic, outbox.id());
                 Err(error)
             }
         }
+    }
+
+    /// History with Redis is not built yet: a resume subscribes and says the
+    /// gap cannot be filled.
+    async fn resume(
+        &self,
+        channel: Topic,
+        _since: Option<Position>,
+        subscribed: bool,
+        outbox: &Arc<Outbox>,
+        _flush: &mut Flush,
+    ) -> Result<(Topic, Resumed), Error> {
+        let topic = if subscribed { channel } else { self.subscribe(channel, outbox).await?.topic };
+        Ok((topic, Resumed::NotRecovered(None)))
     }
 
     fn unsubscribe(&self, topic: &Topic, id: ConnId) {

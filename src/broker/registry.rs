@@ -175,7 +175,7 @@ impl Registry {
         let Some(snapshot) = read(&self.channels).get(channel).map(|e| e.snapshot()) else {
             return 0;
         };
-        counted(Frames::new(channel, payload).deliver(None, &snapshot, flush))
+        counted(Frames::new(channel, payload, None).deliver(None, &snapshot, flush))
     }
 
     /// Delivers to the subscribers of `pattern` only (a Redis `pmessage`).
@@ -190,16 +190,23 @@ impl Registry {
         let Some(snapshot) = read(&self.patterns).by_name.get(pattern).map(|e| e.snapshot()) else {
             return 0;
         };
-        counted(Frames::new(channel, payload).deliver(Some(pattern), &snapshot, flush))
+        counted(Frames::new(channel, payload, None).deliver(Some(pattern), &snapshot, flush))
     }
 
     /// Delivers to the subscribers of `channel` and of every matching pattern
-    /// (the embedded broker's publish). Returns the number of deliveries.
-    pub fn publish(&self, channel: &[u8], payload: &[u8], flush: &mut Flush) -> usize {
+    /// (the embedded broker's publish), with the message's `id` when the
+    /// channel keeps history. Returns the number of deliveries.
+    pub fn publish(
+        &self,
+        channel: &[u8],
+        payload: &[u8],
+        id: Option<&[u8]>,
+        flush: &mut Flush,
+    ) -> usize {
         metrics::MESSAGES.add(1);
         // One set of frames for the whole publish: the v1 frame does not
         // depend on who matched, so it is encoded once for names and patterns.
-        let mut frames = Frames::new(channel, payload);
+        let mut frames = Frames::new(channel, payload, id);
         // The snapshot is taken under the map's read lock (the entry's mutex
         // nests inside it, as in `add` and `remove`), which is released before
         // the fan-out: one reference taken per publish, not two.
@@ -325,12 +332,14 @@ fn literal_prefix(pattern: &[u8]) -> usize {
 struct Frames<'a> {
     channel: &'a [u8],
     payload: &'a [u8],
+    /// The message's position when its channel keeps history.
+    id: Option<&'a [u8]>,
     encoded: [Option<Bytes>; Form::COUNT],
 }
 
 impl<'a> Frames<'a> {
-    fn new(channel: &'a [u8], payload: &'a [u8]) -> Self {
-        Frames { channel, payload, encoded: Default::default() }
+    fn new(channel: &'a [u8], payload: &'a [u8], id: Option<&'a [u8]>) -> Self {
+        Frames { channel, payload, id, encoded: Default::default() }
     }
 
     /// Pushes the message to each subscriber in its form; returns how many took it.
@@ -344,7 +353,9 @@ impl<'a> Frames<'a> {
         for subscription in subscribers {
             let frame = |form: Form| {
                 self.encoded[form.index()]
-                    .get_or_insert_with(|| form.encode(pattern, self.channel, self.payload))
+                    .get_or_insert_with(|| {
+                        form.encode(pattern, self.channel, self.payload, self.id)
+                    })
                     .clone()
             };
             let outbox = &subscription.outbox;
@@ -389,7 +400,7 @@ mod tests {
     use std::time::Duration;
 
     fn publish(registry: &Registry, channel: &[u8], payload: &[u8]) -> usize {
-        registry.publish(channel, payload, &mut Flush::default())
+        registry.publish(channel, payload, None, &mut Flush::default())
     }
 
     fn outbox(id: ConnId) -> Arc<Outbox> {
@@ -534,7 +545,8 @@ mod tests {
         registry.remove(&topic, 1);
         a.push(Bytes::from("CONFIRMED"), &mut Flush::default());
         // A publisher that took its snapshot before the unsubscribe.
-        assert_eq!(Frames::new(b"c", b"late").deliver(None, &before, &mut Flush::default()), 0);
+        let late = Frames::new(b"c", b"late", None).deliver(None, &before, &mut Flush::default());
+        assert_eq!(late, 0);
         assert_eq!(drain(&a).await, [Bytes::from("CONFIRMED")]);
     }
 }

@@ -107,7 +107,7 @@ impl FrameReader {
                 let bytes = self.buf.split_to(used).freeze();
                 return Ok(Some(match frame {
                     push::Frame::Line(line) => Frame::Line(bytes.slice(line)),
-                    push::Frame::Push { pattern, channel, payload } => Frame::Message {
+                    push::Frame::Push { pattern, channel, payload, .. } => Frame::Message {
                         pattern: pattern.map(|pattern| bytes.slice(pattern)),
                         channel: bytes.slice(channel),
                         payload: bytes.slice(payload),

@@ -171,20 +171,14 @@ pub fn push_v1(payload: &[u8]) -> Bytes {
     line(payload)
 }
 
-/// A version 2 push: `MESSAGE <channel> <n>` CRLF, n bytes, CRLF.
-pub fn push_message(channel: &[u8], payload: &[u8]) -> Bytes {
-    push_v2(None, channel, payload)
-}
-
-/// A version 2 push through a pattern: `PMESSAGE <pattern> <channel> <n>` CRLF, n bytes, CRLF.
-pub fn push_pmessage(pattern: &[u8], channel: &[u8], payload: &[u8]) -> Bytes {
-    push_v2(Some(pattern), channel, payload)
-}
-
-fn push_v2(pattern: Option<&[u8]>, channel: &[u8], payload: &[u8]) -> Bytes {
+/// A version 2 or 3 push: `MESSAGE <channel> [<id>] <n>` CRLF, n bytes, CRLF,
+/// or through a pattern `PMESSAGE <pattern> <channel> [<id>] <n>` ...; the
+/// id (version 3) is `<epoch>:<offset>`, or `-` for a channel without history.
+pub fn push(pattern: Option<&[u8]>, channel: &[u8], id: Option<&[u8]>, payload: &[u8]) -> Bytes {
     let mut digits = itoa::Buffer::new();
     let len = digits.format(payload.len());
-    let head = pattern.map_or(b"MESSAGE ".len(), |p| b"PMESSAGE ".len() + p.len() + 1);
+    let head = pattern.map_or(b"MESSAGE ".len(), |p| b"PMESSAGE ".len() + p.len() + 1)
+        + id.map_or(0, |id| id.len() + 1);
     let mut out =
         BytesMut::with_capacity(head + channel.len() + 1 + len.len() + 2 + payload.len() + 2);
     match pattern {
@@ -197,6 +191,10 @@ fn push_v2(pattern: Option<&[u8]>, channel: &[u8], payload: &[u8]) -> Bytes {
     }
     out.put_slice(channel);
     out.put_u8(b' ');
+    if let Some(id) = id {
+        out.put_slice(id);
+        out.put_u8(b' ');
+    }
     out.put_slice(len.as_bytes());
     out.put_slice(b"\r\n");
     out.put_slice(payload);
@@ -298,8 +296,11 @@ mod tests {
     #[test]
     fn encodes_pushes() {
         assert_eq!(&push_v1(b"hi there")[..], b"hi there\r\n");
-        assert_eq!(&push_message(b"ch", b"a\r\nb")[..], b"MESSAGE ch 4\r\na\r\nb\r\n");
-        assert_eq!(&push_pmessage(b"c*", b"ch", b"")[..], b"PMESSAGE c* ch 0\r\n\r\n");
-        assert_eq!(&push_message(b"x", &[7; 1234])[..16], b"MESSAGE x 1234\r\n");
+        assert_eq!(&push(None, b"ch", None, b"a\r\nb")[..], b"MESSAGE ch 4\r\na\r\nb\r\n");
+        assert_eq!(&push(Some(b"c*"), b"ch", None, b"")[..], b"PMESSAGE c* ch 0\r\n\r\n");
+        assert_eq!(&push(None, b"x", None, &[7; 1234])[..16], b"MESSAGE x 1234\r\n");
+        assert_eq!(&push(None, b"x", Some(b"e1:7"), b"hi")[..], b"MESSAGE x e1:7 2\r\nhi\r\n");
+        let through = push(Some(b"x*"), b"xy", Some(b"-"), b"");
+        assert_eq!(&through[..], b"PMESSAGE x* xy - 0\r\n\r\n");
     }
 }

@@ -2,6 +2,7 @@
 
 use super::Version;
 use super::reply::Error;
+use crate::history::Position;
 use bytes::Bytes;
 
 /// Longest channel name or pattern, in bytes.
@@ -26,6 +27,8 @@ pub enum Command {
     Hello(Hello),
     /// `AUTH token`.
     Auth(Bytes),
+    /// `RESUME ch id`: `since` is `None` for `-`.
+    Resume { channel: Bytes, since: Option<Position> },
     /// `QUIT`.
     Quit,
     /// Anything else, the empty line included: the seed's `UNKNOWN COMMAND`.
@@ -81,8 +84,16 @@ impl Command {
             Ok(Command::Hello(match version {
                 b"1" => Hello::Supported(Version::V1),
                 b"2" => Hello::Supported(Version::V2),
+                b"3" => Hello::Supported(Version::V3),
                 _ => Hello::Unsupported,
             }))
+        } else if is("resume") {
+            let (Some(channel), Some(id), None) = (words.next(), words.next(), words.next()) else {
+                return Err(Error::Arity("resume"));
+            };
+            let channel = Bytes::copy_from_slice(valid_name(channel)?);
+            let since = Position::parse(id)?;
+            Ok(Command::Resume { channel, since })
         } else if is("auth") {
             let token = words.next().ok_or(Error::Arity("auth"))?;
             if words.next().is_some() {
@@ -205,7 +216,7 @@ mod tests {
         assert_eq!(parse(b"PING  hi there "), Ok(Command::Ping(Bytes::from("hi there"))));
         assert_eq!(parse(b"HELLO 2"), Ok(Command::Hello(Hello::Supported(Version::V2))));
         assert_eq!(parse(b"hello 1"), Ok(Command::Hello(Hello::Supported(Version::V1))));
-        assert_eq!(parse(b"HELLO 3"), Ok(Command::Hello(Hello::Unsupported)));
+        assert_eq!(parse(b"HELLO 4"), Ok(Command::Hello(Hello::Unsupported)));
         assert_eq!(parse(b"HELLO"), Err(Error::Arity("hello")));
         assert_eq!(parse(b"HELLO 2 x"), Err(Error::Arity("hello")));
         assert_eq!(parse(b"QUIT"), Ok(Command::Quit));

@@ -23,6 +23,8 @@ pub enum Version {
     V1 = 1,
     /// Binary-safe: `MESSAGE <channel> <n>` CRLF, n bytes, CRLF.
     V2 = 2,
+    /// Version 2 plus each message's id: `MESSAGE <channel> <id> <n>`.
+    V3 = 3,
 }
 
 /// How a transport frames what a connection receives; fixed per connection.
@@ -47,44 +49,53 @@ pub struct Form {
 
 impl Form {
     /// How many forms there are: the size of a per-message cache of frames.
-    pub const COUNT: usize = 5;
+    pub const COUNT: usize = 6;
 
     pub fn new(framing: Framing) -> Form {
         Form { framing, version: Version::V1 }
     }
 
     /// A dense index for caching one encoding per form. Event streams always
-    /// carry JSON, whatever the version.
+    /// carry JSON, whatever the version; WebSocket's JSON is the same for
+    /// versions 2 and 3 (it names the id whenever there is one).
     #[inline]
     pub fn index(self) -> usize {
         match (self.framing, self.version) {
             (Framing::Line, Version::V1) => 0,
             (Framing::Line, Version::V2) => 1,
-            (Framing::WebSocket, Version::V1) => 2,
-            (Framing::WebSocket, Version::V2) => 3,
-            (Framing::EventStream, _) => 4,
+            (Framing::Line, Version::V3) => 2,
+            (Framing::WebSocket, Version::V1) => 3,
+            (Framing::WebSocket, Version::V2 | Version::V3) => 4,
+            (Framing::EventStream, _) => 5,
         }
     }
 
     /// Whether the form at `index` names the pattern a message was
     /// delivered through (then it differs per matching pattern): all but v1.
     pub fn names_pattern_at(index: usize) -> bool {
-        !matches!(index, 0 | 2)
+        !matches!(index, 0 | 3)
     }
 
-    /// A message in this form.
-    pub fn encode(self, pattern: Option<&[u8]>, channel: &[u8], payload: &[u8]) -> Bytes {
+    /// A message in this form; `id` is its position when its channel keeps
+    /// history (`<epoch>:<offset>`).
+    pub fn encode(
+        self,
+        pattern: Option<&[u8]>,
+        channel: &[u8],
+        payload: &[u8],
+        id: Option<&[u8]>,
+    ) -> Bytes {
         match (self.framing, self.version) {
             (Framing::Line, Version::V1) => codec::push_v1(payload),
-            (Framing::Line, Version::V2) => match pattern {
-                Some(pattern) => codec::push_pmessage(pattern, channel, payload),
-                None => codec::push_message(channel, payload),
-            },
-            (Framing::WebSocket, Version::V1) => websocket::data(payload),
-            (Framing::WebSocket, Version::V2) => {
-                websocket::text(&json::push(pattern, channel, payload))
+            (Framing::Line, Version::V2) => codec::push(pattern, channel, None, payload),
+            (Framing::Line, Version::V3) => {
+                codec::push(pattern, channel, Some(id.unwrap_or(b"-")), payload)
             }
-            (Framing::EventStream, _) => json::event(&json::push(pattern, channel, payload)),
+            (Framing::WebSocket, Version::V1) => websocket::data(payload),
+            (Framing::WebSocket, _) => websocket::text(&json::push(pattern, channel, payload, id)),
+            (Framing::EventStream, _) => {
+                json::event(&json::push(pattern, channel, payload, id), id)
+            }
         }
     }
 }

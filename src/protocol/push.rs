@@ -1,6 +1,6 @@
-//! The client side of version 2 pushes: telling `MESSAGE <channel> <n>` CRLF,
-//! n bytes, CRLF (and `PMESSAGE <pattern> <channel> <n>` ...) apart from reply
-//! lines in what a server sends.
+//! The client side of version 2 and 3 pushes: telling `MESSAGE <channel>
+//! [<id>] <n>` CRLF, n bytes, CRLF (and `PMESSAGE <pattern> <channel> [<id>]
+//! <n>` ...) apart from reply lines in what a server sends.
 //!
 //! Everything that reads crier's output (the command-line clients, the load
 //! generator and the black-box tests) parses it here, so that they cannot
@@ -21,8 +21,14 @@ use std::ops::Range;
 pub enum Frame {
     /// A reply, or a version 1 push: one line without its LF or CRLF.
     Line(Range<usize>),
-    /// A version 2 push; `pattern` is set for a delivery through a pattern.
-    Push { pattern: Option<Range<usize>>, channel: Range<usize>, payload: Range<usize> },
+    /// A version 2 or 3 push; `pattern` is set for a delivery through a
+    /// pattern, `id` in version 3.
+    Push {
+        pattern: Option<Range<usize>>,
+        channel: Range<usize>,
+        id: Option<Range<usize>>,
+        payload: Range<usize>,
+    },
 }
 
 /// A push whose payload is not followed by CRLF: the header's length is wrong,
@@ -44,9 +50,9 @@ impl std::error::Error for MalformedPush {}
 /// Parses the frame at the start of `buf`: `Ok(None)` when more bytes are
 /// needed, otherwise the frame and how many bytes of `buf` it took.
 ///
-/// A line of the exact shape `MESSAGE <channel> <n>` or
-/// `PMESSAGE <pattern> <channel> <n>` (single spaces, `n` in decimal digits)
-/// starts a push; any other line is a [`Frame::Line`], so that a version 1
+/// A line of the exact shape `MESSAGE <channel> [<id>] <n>` or
+/// `PMESSAGE <pattern> <channel> [<id>] <n>` (single spaces, `n` in decimal
+/// digits) starts a push; any other line is a [`Frame::Line`], so that a version 1
 /// payload which merely begins with `MESSAGE` stays a line. Lines end with LF,
 /// and a CR before it is not part of the line.
 pub fn parse(buf: &[u8]) -> Result<Option<(Frame, usize)>, MalformedPush> {
@@ -54,7 +60,7 @@ pub fn parse(buf: &[u8]) -> Result<Option<(Frame, usize)>, MalformedPush> {
         return Ok(None);
     };
     let end = if lf > 0 && buf[lf - 1] == b'\r' { lf - 1 } else { lf };
-    let Some((pattern, channel, len)) = header(&buf[..end]) else {
+    let Some((pattern, channel, id, len)) = header(&buf[..end]) else {
         return Ok(Some((Frame::Line(0..end), lf + 1)));
     };
     let start = lf + 1;
@@ -66,14 +72,16 @@ pub fn parse(buf: &[u8]) -> Result<Option<(Frame, usize)>, MalformedPush> {
         return Err(MalformedPush { len });
     }
     let payload = start..start + len;
-    Ok(Some((Frame::Push { pattern, channel, payload }, start + len + 2)))
+    Ok(Some((Frame::Push { pattern, channel, id, payload }, start + len + 2)))
 }
 
-/// The pattern, channel and payload length of a push header line, or `None`
-/// when `line` is not one. Each reader of crier's output runs this once per
+/// The pattern, channel, id and payload length of a push header line, or
+/// `None` when `line` is not one. Each reader of crier's output runs this once per
 /// message (the load generator millions of times a second), so it finds the
 /// words with `memchr` rather than splitting the line.
-fn header(line: &[u8]) -> Option<(Option<Range<usize>>, Range<usize>, usize)> {
+type Header = (Option<Range<usize>>, Range<usize>, Option<Range<usize>>, usize);
+
+fn header(line: &[u8]) -> Option<Header> {
     let (pattern, from) = if line.starts_with(b"MESSAGE ") {
         (None, b"MESSAGE ".len())
     } else if line.starts_with(b"PMESSAGE ") {
@@ -84,16 +92,23 @@ fn header(line: &[u8]) -> Option<(Option<Range<usize>>, Range<usize>, usize)> {
         return None;
     };
     let last = memchr::memrchr(b' ', line)?;
-    let channel = from..last;
+    if last < from {
+        return None;
+    }
+    // The channel, then in version 3 the id: one more word.
+    let (channel, id) = match memchr::memchr(b' ', &line[from..last]) {
+        None => (from..last, None),
+        Some(at) => (from..from + at, Some(from + at + 1..last)),
+    };
     // Single spaces, no empty word: exactly the shape the server sends.
     let empty = |range: &Range<usize>| range.is_empty();
-    if last < from || empty(&channel) || pattern.as_ref().is_some_and(empty) {
+    if empty(&channel) || pattern.as_ref().is_some_and(empty) || id.as_ref().is_some_and(empty) {
         return None;
     }
-    if memchr::memchr(b' ', &line[channel.clone()]).is_some() {
+    if id.as_ref().is_some_and(|id| memchr::memchr(b' ', &line[id.clone()]).is_some()) {
         return None;
     }
-    Some((pattern, channel, decimal(&line[last + 1..])?))
+    Some((pattern, channel, id, decimal(&line[last + 1..])?))
 }
 
 /// A length in decimal digits; `None` on anything else, or on overflow.
@@ -126,7 +141,7 @@ mod tests {
         while let Some((frame, used)) = parse(buf).expect("well-formed") {
             out.push(match frame {
                 Frame::Line(line) => Got::Line(&buf[line]),
-                Frame::Push { pattern, channel, payload } => {
+                Frame::Push { pattern, channel, payload, .. } => {
                     Got::Push(pattern.map(|p| &buf[p]), &buf[channel], &buf[payload])
                 }
             });
@@ -165,11 +180,11 @@ mod tests {
     fn lines_of_another_shape_are_lines() {
         for line in [
             &b"MESSAGE to you"[..],
-            b"MESSAGE a b 5",
+            b"MESSAGE a b c 5",
             b"MESSAGE x +5",
             b"MESSAGE x 5 ",
             b"MESSAGE  5 x",
-            b"PMESSAGE p x 5 6",
+            b"PMESSAGE p x y 5 6",
             b"message x 5",
             b"MESSAGE x 99999999999999999999999",
             b"",
@@ -178,6 +193,19 @@ mod tests {
             buf.extend_from_slice(b"\r\n");
             assert_eq!(parse(&buf), Ok(Some((Frame::Line(0..line.len()), buf.len()))));
         }
+    }
+
+    #[test]
+    fn version_3_pushes_carry_an_id() {
+        let buf = b"MESSAGE c e1:7 2\r\nhi\r\nPMESSAGE c* c - 0\r\n\r\n";
+        let (frame, used) = parse(buf).expect("well-formed").expect("a push");
+        assert_eq!(
+            frame,
+            Frame::Push { pattern: None, channel: 8..9, id: Some(10..14), payload: 18..20 }
+        );
+        let (frame, _) = parse(&buf[used..]).expect("well-formed").expect("a push");
+        let Frame::Push { pattern, id, .. } = frame else { panic!("a push") };
+        assert_eq!((pattern, id), (Some(9..11), Some(14..15)));
     }
 
     #[test]

@@ -13,6 +13,13 @@ use std::fmt;
 pub enum Reply {
     /// `CONFIRMED`: the seed's answer to a successful command.
     Confirmed,
+    /// `CONFIRMED <id>`: a `SUBSCRIBE` in version 3, with the channel's
+    /// position (`-` without history).
+    ConfirmedAt(Bytes),
+    /// `RECOVERED <k>`: the k messages missed follow.
+    Recovered(usize),
+    /// `NOT RECOVERED <id>`: the gap cannot be filled; the channel's position.
+    NotRecovered(Bytes),
     /// `ALREADY SUBSCRIBED` (seed).
     AlreadySubscribed,
     /// `ALREADY UNSUBSCRIBED` (seed).
@@ -56,6 +63,8 @@ pub enum Error {
     InvalidParameter,
     /// The connection is ending (cut off, or the server shutting down).
     Closing,
+    /// `RESUME` with an id that is neither `-` nor `<epoch>:<offset>`.
+    InvalidId,
     /// `AUTH` with a token that does not verify; HTTP 401.
     InvalidToken,
     /// The token presented with `AUTH` expired; the connection is closed.
@@ -90,6 +99,7 @@ impl fmt::Display for Error {
             Error::PayloadTooLarge => "payload too large",
             Error::InvalidParameter => "invalid parameter",
             Error::Closing => "closing",
+            Error::InvalidId => "invalid id",
             Error::InvalidToken => "invalid token",
             Error::TokenExpired => "token expired",
             Error::AuthDisabled => "auth disabled",
@@ -122,6 +132,9 @@ impl Reply {
             Reply::Bye => b"BYE\r\n",
             Reply::Pong(text) if text.is_empty() => b"PONG\r\n",
             Reply::Pong(text) => return join(&[b"PONG ", text, b"\r\n"]),
+            Reply::ConfirmedAt(id) => return join(&[b"CONFIRMED ", id, b"\r\n"]),
+            Reply::Recovered(k) => return join(&[format!("RECOVERED {k}").as_bytes(), b"\r\n"]),
+            Reply::NotRecovered(id) => return join(&[b"NOT RECOVERED ", id, b"\r\n"]),
             Reply::Error(error) => return join(&[format!("ERR {error}").as_bytes(), b"\r\n"]),
         };
         Bytes::from_static(fixed)

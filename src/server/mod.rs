@@ -59,7 +59,7 @@ pub async fn run(
     let listeners = Listeners { line: listener, http, draining: shutdown, closing };
     match &config.redis {
         None => {
-            let broker = Arc::new(Embedded::new(config.max_channels));
+            let broker = Arc::new(Embedded::new(config.max_channels, config.history.clone()));
             start(listeners, broker, config).await
         }
         Some(url) => {

@@ -38,7 +38,7 @@ mod tests {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("an address");
         let stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
-        let broker = Arc::new(Embedded::new(10));
+        let broker = Arc::new(Embedded::new(10, Config::default().history));
         let config = Arc::new(Config::default());
         let future = serve(Tcp(stream), 1, broker, config, CancellationToken::new());
         let size = std::mem::size_of_val(&future);

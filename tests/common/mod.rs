@@ -171,6 +171,9 @@ fn wait_for_listening(
     }
 }
 
+/// A push's parts: pattern, channel, id, payload.
+type Push = (Option<Vec<u8>>, Vec<u8>, Option<Vec<u8>>, Vec<u8>);
+
 /// A raw TCP client that reads what the server sends, byte for byte.
 pub struct Client {
     reader: BufReader<TcpStream>,
@@ -249,6 +252,19 @@ impl Client {
 
     /// Reads one version 2 push: (pattern, channel, payload).
     pub fn push_v2(&mut self) -> (Option<Vec<u8>>, Vec<u8>, Vec<u8>) {
+        let (pattern, channel, _, payload) = self.push();
+        (pattern, channel, payload)
+    }
+
+    /// Reads one version 3 push: (channel, id, payload).
+    pub fn push_v3(&mut self) -> (Vec<u8>, String, Vec<u8>) {
+        let (_, channel, id, payload) = self.push();
+        let id = id.expect("a version 3 push carries an id");
+        (channel, String::from_utf8(id).expect("an ASCII id"), payload)
+    }
+
+    /// Reads one push: (pattern, channel, id, payload).
+    fn push(&mut self) -> Push {
         let mut raw = Vec::new();
         loop {
             // A push ends with LF, so reading up to one LF at a time never
@@ -256,7 +272,7 @@ impl Client {
             let read = self.reader.read_until(b'\n', &mut raw).expect("read from crier");
             assert!(read > 0, "connection closed in a push: {}", raw.escape_ascii());
             match push::parse(&raw) {
-                Ok(Some((push::Frame::Push { pattern, channel, payload }, _))) => {
+                Ok(Some((push::Frame::Push { pattern, channel, id, payload }, _))) => {
                     let header = &raw[..payload.start];
                     assert!(
                         header.ends_with(b"\r\n"),
@@ -266,6 +282,7 @@ impl Client {
                     return (
                         pattern.map(|p| raw[p].to_vec()),
                         raw[channel].to_vec(),
+                        id.map(|id| raw[id].to_vec()),
                         raw[payload].to_vec(),
                     );
                 }

@@ -1,0 +1,324 @@
+//! The embedded backend's history: a ring of recent messages per channel,
+//! bounded per channel (`--history-size`, `--history-ttl`) and in all
+//! (`--history-max-bytes`, evicting the oldest message of the server first).
+//!
+//! A message is appended and fanned out under its channel's ring lock, and
+//! a resume reads the ring and joins the subscribers under that same lock:
+//! so a resuming client gets exactly the messages after its position, then
+//! every later one live, with nothing twice and nothing out of order.
+//!
+//! Cost per kept message: the payload, plus about 64 bytes (`Kept` and its
+//! queue slot).
+
+use bytes::Bytes;
+use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use super::{Position, Resumed};
+use crate::broker::glob::Glob;
+
+/// The history settings.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Messages kept per channel; 0: history is off.
+    pub size: usize,
+    pub ttl: Duration,
+    /// Channels that keep history; `None`: all.
+    pub channels: Option<Vec<Glob>>,
+    /// Payload bytes kept in all.
+    pub max_bytes: usize,
+}
+
+/// See the module documentation.
+#[derive(Debug)]
+pub struct Memory {
+    settings: Settings,
+    rings: Mutex<HashMap<Bytes, Arc<Mutex<Ring>>>>,
+    /// Each non-empty ring's oldest message: (when, channel). The first is
+    /// the server's oldest message, what the byte cap evicts first.
+    fronts: Mutex<BTreeSet<(Instant, Bytes)>>,
+    bytes: AtomicUsize,
+}
+
+/// One channel's kept messages.
+#[derive(Debug)]
+pub struct Ring {
+    channel: Bytes,
+    epoch: Bytes,
+    /// The offset of the channel's last message (0 before the first).
+    last: u64,
+    kept: VecDeque<Kept>,
+    /// Taken out of the map (emptied): whoever locked it late must look again.
+    removed: bool,
+}
+
+#[derive(Debug)]
+struct Kept {
+    offset: u64,
+    at: Instant,
+    payload: Bytes,
+}
+
+impl Memory {
+    pub fn new(settings: Settings) -> Memory {
+        Memory {
+            settings,
+            rings: Mutex::default(),
+            fronts: Mutex::default(),
+            bytes: AtomicUsize::new(0),
+        }
+    }
+
+    /// Whether `channel` keeps history.
+    pub fn keeps(&self, channel: &[u8]) -> bool {
+        self.settings.size > 0
+            && self
+                .settings
+                .channels
+                .as_ref()
+                .is_none_or(|globs| globs.iter().any(|g| g.matches(channel)))
+    }
+
+    /// Runs `f` on the locked ring of a channel that keeps history (made,
+    /// with a new epoch, if it has none); `None` for a channel without.
+    pub fn with_ring<T>(&self, channel: &Bytes, f: impl FnOnce(&mut Ring) -> T) -> Option<T> {
+        loop {
+            let ring = self.ring(channel)?;
+            let mut ring = lock(&ring);
+            if !ring.removed {
+                return Some(f(&mut ring));
+            }
+        }
+    }
+
+    fn ring(&self, channel: &Bytes) -> Option<Arc<Mutex<Ring>>> {
+        if !self.keeps(channel) {
+            return None;
+        }
+        let mut rings = lock(&self.rings);
+        let ring = rings.entry(channel.clone()).or_insert_with(|| {
+            Arc::new(Mutex::new(Ring {
+                channel: channel.clone(),
+                epoch: new_epoch(),
+                last: 0,
+                kept: VecDeque::new(),
+                removed: false,
+            }))
+        });
+        Some(Arc::clone(ring))
+    }
+
+    /// Appends a message to a locked ring; returns its position. Call
+    /// [`Memory::enforce_cap`] once the ring's lock is released.
+    pub fn append(&self, ring: &mut Ring, payload: Bytes) -> Position {
+        let now = Instant::now();
+        self.expire(ring, now);
+        while ring.kept.len() >= self.settings.size {
+            self.pop_front(ring);
+        }
+        ring.last += 1;
+        if ring.kept.is_empty() {
+            lock(&self.fronts).insert((now, ring.channel.clone()));
+        }
+        self.bytes.fetch_add(payload.len(), Ordering::Relaxed);
+        ring.kept.push_back(Kept { offset: ring.last, at: now, payload });
+        ring.position()
+    }
+
+    /// Evicts the server's oldest messages while over `--history-max-bytes`.
+    pub fn enforce_cap(&self) {
+        while self.bytes.load(Ordering::Relaxed) > self.settings.max_bytes {
+            let Some((_, channel)) = lock(&self.fronts).first().cloned() else {
+                return;
+            };
+            let Some(ring) = lock(&self.rings).get(&channel).cloned() else {
+                lock(&self.fronts).retain(|(_, c)| *c != channel);
+                continue;
+            };
+            let mut ring = lock(&ring);
+            self.pop_front(&mut ring);
+            if ring.kept.is_empty() {
+                self.forget(&mut ring);
+            }
+        }
+    }
+
+    /// The messages after `since`, if every one of them is still kept.
+    pub fn resume(
+        &self,
+        ring: &mut Ring,
+        since: Option<&Position>,
+    ) -> (Resumed, Vec<(Position, Bytes)>) {
+        self.expire(ring, Instant::now());
+        let Some(since) =
+            since.filter(|since| since.epoch == ring.epoch && since.offset <= ring.last)
+        else {
+            return (Resumed::NotRecovered(Some(ring.position())), Vec::new());
+        };
+        // Complete only if the first message after `since` is still here.
+        let first_kept = ring.kept.front().map_or(ring.last + 1, |kept| kept.offset);
+        if since.offset + 1 < first_kept {
+            return (Resumed::NotRecovered(Some(ring.position())), Vec::new());
+        }
+        let missed: Vec<(Position, Bytes)> = ring
+            .kept
+            .iter()
+            .filter(|kept| kept.offset > since.offset)
+            .map(|kept| (ring.at(kept.offset), kept.payload.clone()))
+            .collect();
+        (Resumed::Recovered(missed.len()), missed)
+    }
+
+    /// Up to `limit` kept messages after `since` (all kept without it), and
+    /// the channel's position; `None` for a channel without history.
+    pub fn read(
+        &self,
+        channel: &Bytes,
+        since: Option<u64>,
+        limit: usize,
+    ) -> Option<(Position, Vec<(Position, Bytes)>)> {
+        self.with_ring(channel, |ring| {
+            self.expire(ring, Instant::now());
+            let after = since.unwrap_or(0);
+            let messages = ring
+                .kept
+                .iter()
+                .filter(|kept| kept.offset > after)
+                .take(limit)
+                .map(|kept| (ring.at(kept.offset), kept.payload.clone()))
+                .collect();
+            (ring.position(), messages)
+        })
+    }
+
+    /// Payload bytes kept in all (for metrics).
+    pub fn bytes(&self) -> usize {
+        self.bytes.load(Ordering::Relaxed)
+    }
+
+    fn expire(&self, ring: &mut Ring, now: Instant) {
+        while ring.kept.front().is_some_and(|kept| now.duration_since(kept.at) >= self.settings.ttl)
+        {
+            self.pop_front(ring);
+        }
+    }
+
+    /// Drops a ring's oldest message, keeping `fronts` and `bytes` right.
+    fn pop_front(&self, ring: &mut Ring) {
+        let Some(kept) = ring.kept.pop_front() else {
+            return;
+        };
+        self.bytes.fetch_sub(kept.payload.len(), Ordering::Relaxed);
+        let mut fronts = lock(&self.fronts);
+        fronts.remove(&(kept.at, ring.channel.clone()));
+        if let Some(next) = ring.kept.front() {
+            fronts.insert((next.at, ring.channel.clone()));
+        }
+    }
+
+    /// A ring emptied by the byte cap is dropped (a server publishing to
+    /// ever new channels must not keep a ring for each): its continuity is
+    /// lost, and the channel's next message starts a new epoch.
+    fn forget(&self, ring: &mut Ring) {
+        ring.removed = true;
+        lock(&self.rings).remove(&ring.channel);
+    }
+}
+
+impl Ring {
+    /// The position of the channel's last message (`<epoch>:0` before any).
+    pub fn position(&self) -> Position {
+        self.at(self.last)
+    }
+
+    fn at(&self, offset: u64) -> Position {
+        Position { epoch: self.epoch.clone(), offset }
+    }
+}
+
+/// Locks a ring (or any of the maps); a panic elsewhere leaves them consistent.
+pub fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// Eight letters and digits, random: a new epoch.
+fn new_epoch() -> Bytes {
+    const ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789";
+    Bytes::from((0..8).map(|_| ALPHABET[fastrand::usize(..ALPHABET.len())]).collect::<Vec<u8>>())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn memory(size: usize, max_bytes: usize) -> Memory {
+        Memory::new(Settings { size, ttl: Duration::from_secs(3600), channels: None, max_bytes })
+    }
+
+    fn publish(memory: &Memory, channel: &str, payload: &str) -> Position {
+        let channel = Bytes::copy_from_slice(channel.as_bytes());
+        let payload = Bytes::copy_from_slice(payload.as_bytes());
+        let position = memory.with_ring(&channel, |ring| memory.append(ring, payload));
+        memory.enforce_cap();
+        position.expect("history")
+    }
+
+    fn resume(
+        memory: &Memory,
+        channel: &str,
+        since: &Position,
+    ) -> (Resumed, Vec<(Position, Bytes)>) {
+        let channel = Bytes::copy_from_slice(channel.as_bytes());
+        memory.with_ring(&channel, |ring| memory.resume(ring, Some(since))).expect("history")
+    }
+
+    #[test]
+    fn offsets_count_up_and_a_resume_gets_exactly_the_gap() {
+        let memory = memory(10, 1 << 20);
+        let first = publish(&memory, "c", "a");
+        assert_eq!(first.offset, 1);
+        publish(&memory, "c", "b");
+        publish(&memory, "c", "c");
+        let (resumed, missed) = resume(&memory, "c", &first);
+        assert_eq!(resumed, Resumed::Recovered(2));
+        assert_eq!(
+            missed.iter().map(|(p, m)| (p.offset, &m[..])).collect::<Vec<_>>(),
+            [(2, &b"b"[..]), (3, b"c")]
+        );
+        let other = Position { epoch: Bytes::from("other"), offset: 1 };
+        let (resumed, _) = resume(&memory, "c", &other);
+        assert!(matches!(resumed, Resumed::NotRecovered(Some(p)) if p.offset == 3));
+    }
+
+    #[test]
+    fn evicted_messages_make_a_resume_not_recovered() {
+        let memory = memory(2, 1 << 20);
+        let first = publish(&memory, "c", "a");
+        publish(&memory, "c", "b");
+        publish(&memory, "c", "c");
+        // From offset 1, messages 2 and 3 are both kept: complete.
+        assert_eq!(resume(&memory, "c", &first).0, Resumed::Recovered(2));
+        // From offset 0, message 1 is gone: not complete, so nothing.
+        let before = Position { epoch: first.epoch, offset: 0 };
+        let (resumed, missed) = resume(&memory, "c", &before);
+        assert!(missed.is_empty());
+        assert!(matches!(resumed, Resumed::NotRecovered(Some(p)) if p.offset == 3));
+    }
+
+    #[test]
+    fn the_byte_cap_evicts_the_servers_oldest_first() {
+        let memory = memory(100, 10);
+        publish(&memory, "old", "12345");
+        publish(&memory, "new", "12345");
+        assert_eq!(memory.bytes(), 10);
+        publish(&memory, "new", "678");
+        assert_eq!(memory.bytes(), 8, "the oldest message (of \"old\") went first");
+        let (position, kept) = memory.read(&Bytes::from("new"), None, 10).expect("history");
+        assert_eq!((position.offset, kept.len()), (2, 2));
+        // "old" lost its only message: a new epoch starts.
+        let (position, kept) = memory.read(&Bytes::from("old"), None, 10).expect("history");
+        assert_eq!((position.offset, kept.len()), (0, 0));
+    }
+}
