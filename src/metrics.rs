@@ -63,6 +63,8 @@ pub struct Metrics {
     pub redis_connected: Gauge,
     pub redis_reconnects: Counter,
     pub http_publishes: Counter,
+    /// Payload bytes kept in the embedded history.
+    pub history_bytes: Gauge,
 }
 
 /// The process's metrics.
@@ -121,7 +123,14 @@ impl Metrics {
             "Times the Redis connection was lost and reopened",
             redis_reconnects.clone(),
         );
+        let history_bytes = Gauge::default();
+        registry.register(
+            "history_bytes",
+            "Payload bytes kept in history (embedded backend)",
+            history_bytes.clone(),
+        );
         Metrics {
+            history_bytes,
             registry,
             connections,
             closed,

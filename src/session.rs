@@ -112,7 +112,9 @@ impl<B: Broker> Session<B> {
                 self.reply(reply);
             }
             Command::Ping(text) => self.reply(Reply::Pong(text)),
-            Command::Resume { channel, since } => self.resume(channel, since).await,
+            Command::Resume { channel, since } => {
+                self.resume(channel, since).await;
+            }
             Command::Hello(Hello::Supported(version)) => {
                 self.version = version;
                 let reply = self.framing.reply(&Reply::Confirmed).unwrap_or_default();
@@ -242,12 +244,32 @@ impl<B: Broker> Session<B> {
         reply
     }
 
-    /// `RESUME`: subscribes (unless already) and replays what was missed.
-    async fn resume(&mut self, channel: Bytes, since: Option<Position>) {
+    /// Resumes every channel from `since` (an SSE client's `Last-Event-ID`,
+    /// which names one position): returns the channels that cannot be
+    /// recovered; the first error ends the attempt.
+    pub async fn resume_all(
+        &mut self,
+        channels: Vec<Bytes>,
+        since: &Position,
+    ) -> Result<Vec<Bytes>, Error> {
+        let mut lost = Vec::new();
+        for channel in channels {
+            match self.resume(channel.clone(), Some(since.clone())).await {
+                Reply::Error(error) => return Err(error),
+                Reply::NotRecovered(_) => lost.push(channel),
+                _ => {}
+            }
+        }
+        Ok(lost)
+    }
+
+    /// `RESUME`: subscribes (unless already) and replays what was missed;
+    /// queues the reply, which it returns.
+    async fn resume(&mut self, channel: Bytes, since: Option<Position>) -> Reply {
         let topic = Topic::channel(channel);
         let subscribed = self.topics.contains(&topic);
-        if self.admit(&topic, true).is_err() {
-            return;
+        if let Err(refusal) = self.admit(&topic, true) {
+            return refusal;
         }
         if !subscribed {
             self.record(topic.clone());
@@ -274,6 +296,7 @@ impl<B: Broker> Session<B> {
             }
         };
         self.outbox.release(self.framing.reply(&reply));
+        reply
     }
 
     /// The checks before a subscription: refused ones are answered here

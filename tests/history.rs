@@ -187,3 +187,73 @@ fn a_restart_is_a_new_epoch() {
     assert!(line.starts_with("NOT RECOVERED "), "{line}");
     assert_ne!(split(line.trim_start_matches("NOT RECOVERED ")).0, split(&before).0);
 }
+
+#[test]
+fn get_history_and_the_web_transports_carry_ids() {
+    use common::web::{self, Sse, Ws};
+    let server = Server::start(&["--history-size", "3", "--history-channels", "h.*"]);
+    let http = server.http();
+    let mut ws = Ws::connect(http);
+    ws.command("HELLO 2", "CONFIRMED");
+    ws.command("SUBSCRIBE h.1", "CONFIRMED");
+    let mut sse = Sse::open(http, "channel=h.1");
+    for payload in [&b"one"[..], b"two", b"\xff", b"four"] {
+        assert_eq!(web::post(http, "/publish?channel=h.1", payload).status, 200);
+    }
+    let first = ws.json();
+    let id = first["id"].as_str().expect("an id").to_string();
+    let (epoch, offset) = split(&id);
+    assert_eq!((offset, first["data"].as_str()), (1, Some("one")));
+    let event = sse.event().expect("an event");
+    assert_eq!(event[0], format!("id: {id}"), "the SSE event carries the id");
+    // Three kept (--history-size 3): 2, 3, 4; a binary payload as base64.
+    let answer = web::get(http, "/history?channel=h.1");
+    assert_eq!(answer.status, 200);
+    let json: serde_json::Value = serde_json::from_slice(&answer.body).expect("JSON");
+    assert_eq!(json["epoch"], epoch.as_str());
+    assert_eq!(json["offset"], 4);
+    let ids: Vec<&str> = json["messages"]
+        .as_array()
+        .expect("messages")
+        .iter()
+        .map(|m| m["id"].as_str().unwrap_or(""))
+        .collect();
+    assert_eq!(ids, [format!("{epoch}:2"), format!("{epoch}:3"), format!("{epoch}:4")]);
+    assert_eq!(json["messages"][1]["data_base64"], "/w==");
+    let after = web::get(http, &format!("/history?channel=h.1&since={epoch}:3&limit=5"));
+    let json: serde_json::Value = serde_json::from_slice(&after.body).expect("JSON");
+    assert_eq!(json["messages"].as_array().map(Vec::len), Some(1));
+    // Errors: no history, bad id, no channel.
+    let cases = [
+        ("/history?channel=plain", 404, "ERR no history\n"),
+        ("/history?channel=h.1&since=bad", 400, "ERR invalid id\n"),
+        ("/history", 400, "ERR wrong number of arguments for 'history'\n"),
+        ("/history?channel=h.1&limit=x", 400, "ERR invalid parameter\n"),
+    ];
+    for (path, status, body) in cases {
+        let answer = web::get(http, path);
+        assert_eq!((answer.status, answer.text().as_str()), (status, body), "{path}");
+    }
+}
+
+#[test]
+fn an_sse_stream_resumes_from_last_event_id_or_says_reset() {
+    use common::web::{self, Sse};
+    let server = Server::start(&["--history-size", "100"]);
+    let http = server.http();
+    let mut sse = Sse::open(http, "channel=s");
+    assert_eq!(web::post(http, "/publish?channel=s", b"one").status, 200);
+    let seen = sse.event().expect("an event")[0].trim_start_matches("id: ").to_string();
+    drop(sse);
+    assert_eq!(web::post(http, "/publish?channel=s", b"two").status, 200);
+    assert_eq!(web::post(http, "/publish?channel=t", b"elsewhere").status, 200);
+    // Reconnecting with the last id: the missed message, no reset.
+    let mut again = Sse::open(http, &format!("channel=s&last-event-id={seen}"));
+    assert_eq!(again.json()["data"], "two");
+    // Two channels, one position: the other channel cannot be recovered.
+    let mut both = Sse::open(http, &format!("channel=s&channel=t&last-event-id={seen}"));
+    let reset = both.event().expect("an event");
+    assert_eq!(reset[0], "event: reset");
+    assert_eq!(reset[1], "data: {\"channels\":[\"t\"]}");
+    assert_eq!(both.json()["data"], "two");
+}

@@ -162,3 +162,35 @@ async fn the_page_uses_a_token_for_its_websocket_and_its_publishes() {
     .await;
     page.wait_for(&message_shown("news", "signed"), WITHIN).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_page_shows_ids_and_resumes_after_a_drop() {
+    let server = Server::start(&["--history-size", "100"]);
+    let http = server.http();
+    let browser = Browser::launch().await;
+    let page = browser.open(&format!("http://{http}/")).await;
+    page.wait_for("document.querySelector('#status')?.textContent === 'connected'", WITHIN).await;
+    page.eval(&fill_and_submit(&[("#subscribe-name", "live")], "#subscribe-form")).await;
+    page.wait_for(
+        "document.querySelector('#subscriptions li.confirmed[data-topic=\"live\"]')",
+        WITHIN,
+    )
+    .await;
+    let post = move |payload: &'static [u8]| {
+        tokio::task::spawn_blocking(move || {
+            web::post(http, "/publish?channel=live", payload).status
+        })
+    };
+    assert_eq!(post(b"before").await.expect("publish"), 200);
+    page.wait_for(&message_shown("live", "before"), WITHIN).await;
+    let id = page.eval("document.querySelector('#messages li.message .id')?.textContent").await;
+    assert!(id.as_str().is_some_and(|id| id.ends_with(":1")), "the page shows the id: {id}");
+    // The connection drops; a message is published meanwhile; the page
+    // reconnects and resumes from the last id it saw.
+    page.eval("socket.close(); true").await;
+    page.wait_for("document.querySelector('#status')?.textContent === 'disconnected'", WITHIN)
+        .await;
+    assert_eq!(post(b"while away").await.expect("publish"), 200);
+    page.wait_for(&message_shown("live", "while away"), WITHIN).await;
+    page.wait_for("document.querySelector('#status')?.textContent === 'connected'", WITHIN).await;
+}

@@ -99,6 +99,15 @@ impl Broker for Embedded {
         Ok(())
     }
 
+    fn history(
+        &self,
+        channel: &Bytes,
+        since: Option<&Position>,
+        limit: usize,
+    ) -> Option<(Position, Vec<(Position, Bytes)>)> {
+        self.history.read(channel, since, limit)
+    }
+
     fn ready(&self) -> bool {
         true
     }

@@ -94,6 +94,16 @@ pub trait Broker: Send + Sync + 'static {
         flush: &mut Flush,
     ) -> impl Future<Output = Result<(), Error>> + Send;
 
+    /// Up to `limit` kept messages of `channel` after `since` (all kept
+    /// without it), and the channel's position; `None` for a channel
+    /// without history.
+    fn history(
+        &self,
+        channel: &Bytes,
+        since: Option<&Position>,
+        limit: usize,
+    ) -> Option<(Position, Vec<(Position, Bytes)>)>;
+
     /// Whether new subscriptions can be served now (with Redis: connected).
     fn ready(&self) -> bool;
 

@@ -162,6 +162,15 @@ impl Broker for RedisBroker {
         }
     }
 
+    fn history(
+        &self,
+        _channel: &Bytes,
+        _since: Option<&Position>,
+        _limit: usize,
+    ) -> Option<(Position, Vec<(Position, Bytes)>)> {
+        None
+    }
+
     fn ready(&self) -> bool {
         self.connected.load(Ordering::Relaxed)
     }

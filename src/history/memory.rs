@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 
 use super::{Position, Resumed};
 use crate::broker::glob::Glob;
+use crate::metrics;
 
 /// The history settings.
 #[derive(Debug, Clone)]
@@ -122,7 +123,8 @@ impl Memory {
         if ring.kept.is_empty() {
             lock(&self.fronts).insert((now, ring.channel.clone()));
         }
-        self.bytes.fetch_add(payload.len(), Ordering::Relaxed);
+        let total = self.bytes.fetch_add(payload.len(), Ordering::Relaxed) + payload.len();
+        metrics::get().history_bytes.set(total as i64);
         ring.kept.push_back(Kept { offset: ring.last, at: now, payload });
         ring.position()
     }
@@ -171,17 +173,18 @@ impl Memory {
         (Resumed::Recovered(missed.len()), missed)
     }
 
-    /// Up to `limit` kept messages after `since` (all kept without it), and
-    /// the channel's position; `None` for a channel without history.
+    /// Up to `limit` kept messages after `since` (all kept without it, or
+    /// when it is of another epoch), and the channel's position; `None` for
+    /// a channel without history.
     pub fn read(
         &self,
         channel: &Bytes,
-        since: Option<u64>,
+        since: Option<&Position>,
         limit: usize,
     ) -> Option<(Position, Vec<(Position, Bytes)>)> {
         self.with_ring(channel, |ring| {
             self.expire(ring, Instant::now());
-            let after = since.unwrap_or(0);
+            let after = since.filter(|since| since.epoch == ring.epoch).map_or(0, |s| s.offset);
             let messages = ring
                 .kept
                 .iter()
@@ -210,7 +213,9 @@ impl Memory {
         let Some(kept) = ring.kept.pop_front() else {
             return;
         };
-        self.bytes.fetch_sub(kept.payload.len(), Ordering::Relaxed);
+        let total =
+            self.bytes.fetch_sub(kept.payload.len(), Ordering::Relaxed) - kept.payload.len();
+        metrics::get().history_bytes.set(total as i64);
         let mut fronts = lock(&self.fronts);
         fronts.remove(&(kept.at, ring.channel.clone()));
         if let Some(next) = ring.kept.front() {

@@ -8,6 +8,7 @@
 //! Errors are one line of plain text, the `ERR <reason>` of the line
 //! protocol, with the status of `docs/protocol.md` §7.
 
+mod history;
 mod monitor;
 mod page;
 mod publish;
@@ -81,6 +82,7 @@ fn router<B: Broker>(web: Web<B>) -> Router {
         .route("/ws", get(ws::upgrade::<B>))
         .route("/sse", get(sse::stream::<B>))
         .route("/publish", post(publish::publish::<B>))
+        .route("/history", get(history::history::<B>))
         .route("/healthz", get(monitor::healthz))
         .route("/readyz", get(monitor::readyz::<B>))
         .route("/metrics", get(monitor::metrics))

@@ -15,6 +15,8 @@ pub struct Names {
     pub channels: Vec<Bytes>,
     pub patterns: Vec<Bytes>,
     pub token: Option<Bytes>,
+    /// `last-event-id` (SSE: where a reconnecting stream resumes).
+    pub last_event_id: Option<Bytes>,
 }
 
 impl Names {
@@ -25,6 +27,10 @@ impl Names {
             let value = decode(value);
             if key == "token" {
                 names.token = Some(value);
+                continue;
+            }
+            if key == "last-event-id" && allow_patterns {
+                names.last_event_id = Some(value);
                 continue;
             }
             let list = match key {
@@ -47,7 +53,8 @@ impl Names {
     }
 }
 
-fn decode(value: &str) -> Bytes {
+/// A parameter's value: percent-decoded bytes, `+` as a space.
+pub fn decode(value: &str) -> Bytes {
     let spaced = value.replace('+', " ");
     Bytes::from(percent_encoding::percent_decode_str(&spaced).collect::<Vec<u8>>())
 }
@@ -63,6 +70,7 @@ mod tests {
             channels: vec![Bytes::from("a"), Bytes::from("été")],
             patterns: vec![Bytes::from("n*")],
             token: None,
+            last_event_id: None,
         };
         assert_eq!(names, Ok(expected));
         assert_eq!(Names::parse(None, true), Ok(Names::default()));

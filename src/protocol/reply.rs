@@ -65,6 +65,8 @@ pub enum Error {
     Closing,
     /// `RESUME` with an id that is neither `-` nor `<epoch>:<offset>`.
     InvalidId,
+    /// `GET /history` of a channel that keeps none.
+    NoHistory,
     /// `AUTH` with a token that does not verify; HTTP 401.
     InvalidToken,
     /// The token presented with `AUTH` expired; the connection is closed.
@@ -100,6 +102,7 @@ impl fmt::Display for Error {
             Error::InvalidParameter => "invalid parameter",
             Error::Closing => "closing",
             Error::InvalidId => "invalid id",
+            Error::NoHistory => "no history",
             Error::InvalidToken => "invalid token",
             Error::TokenExpired => "token expired",
             Error::AuthDisabled => "auth disabled",

@@ -23,6 +23,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::expiry::Expiry;
 use crate::broker::{Broker, Topic};
+use crate::history::Position;
 use crate::http::query::Names;
 use crate::http::{Connection, Web, credentials, error, forbidden};
 use crate::metrics::{self, Transport};
@@ -64,11 +65,21 @@ pub async fn stream<B: Broker>(
         Err(refusal) => return *refusal,
     };
     let had_token = token.is_some();
-    let mut topics: Vec<Topic> = names.channels.into_iter().map(Topic::channel).collect();
-    topics.extend(names.patterns.into_iter().map(Topic::pattern));
-    if topics.is_empty() {
-        topics.push(Topic::channel(web.config.default_channel.clone()));
+    // Where a reconnecting EventSource left off: its header, or the URL.
+    let last_event_id = headers
+        .get("last-event-id")
+        .map(|value| Bytes::copy_from_slice(value.as_bytes()))
+        .or(names.last_event_id);
+    let since = match last_event_id.as_deref().map(Position::parse) {
+        Some(Ok(since)) => since,
+        Some(Err(reason)) => return error(StatusCode::BAD_REQUEST, reason),
+        None => None,
+    };
+    let mut channels = names.channels;
+    if channels.is_empty() && names.patterns.is_empty() {
+        channels.push(web.config.default_channel.clone());
     }
+    let patterns: Vec<Topic> = names.patterns.into_iter().map(Topic::pattern).collect();
     let abort = Abort(connection.abort.clone());
     let outbox =
         Outbox::new(outbox::next_id(), web.config.max_pending, Framing::EventStream, abort);
@@ -81,16 +92,38 @@ pub async fn stream<B: Broker>(
     if let Some(permissions) = token {
         session.authorize(Arc::new(permissions));
     }
-    if let Err(reason) = session.subscribe_all(topics).await {
-        let status = match reason {
-            Error::Forbidden => return forbidden(&web.config, had_token),
-            Error::InvalidChannel | Error::TooManySubscriptions => StatusCode::BAD_REQUEST,
-            _ => StatusCode::SERVICE_UNAVAILABLE,
-        };
-        return error(status, reason);
-    }
+    // Channels resume from the one position the stream's last event named
+    // (the others cannot be recovered: they get `event: reset`).
+    let subscribed = match &since {
+        Some(since) => session.resume_all(channels, since).await,
+        None => session
+            .subscribe_all(channels.into_iter().map(Topic::channel).collect())
+            .await
+            .map(|()| Vec::new()),
+    };
+    let subscribed = match subscribed {
+        Ok(lost) => session.subscribe_all(patterns).await.map(|()| lost),
+        Err(reason) => Err(reason),
+    };
+    let lost = match subscribed {
+        Ok(lost) => lost,
+        Err(reason) => {
+            let status = match reason {
+                Error::Forbidden => return forbidden(&web.config, had_token),
+                Error::InvalidChannel | Error::TooManySubscriptions => StatusCode::BAD_REQUEST,
+                _ => StatusCode::SERVICE_UNAVAILABLE,
+            };
+            return error(status, reason);
+        }
+    };
     metrics::get().connection_opened(Transport::Sse);
+    let reset = (!lost.is_empty()).then(|| {
+        let channels: Vec<_> = lost.iter().map(|c| String::from_utf8_lossy(c)).collect();
+        let data = serde_json::json!({ "channels": channels }).to_string();
+        Bytes::from(format!("event: reset\ndata: {data}\n\n"))
+    });
     let events = Events {
+        first: reset,
         session,
         outbox,
         closed: Closed::ClientClosed,
@@ -112,6 +145,9 @@ pub async fn stream<B: Broker>(
 /// One SSE client: its session (dropped with the stream, which ends its
 /// subscriptions) and its outbox.
 struct Events<B: Broker> {
+    /// Sent before anything else: the `event: reset` of a resume that could
+    /// not recover every channel.
+    first: Option<Bytes>,
     /// Its `Drop` ends the subscriptions; its token's expiry ends the stream.
     session: Session<B>,
     outbox: Arc<Outbox<Abort>>,
@@ -126,6 +162,9 @@ impl<B: Broker> Events<B> {
     async fn next(&mut self, closing: &tokio_util::sync::CancellationToken) -> Option<Bytes> {
         if self.ended {
             return None;
+        }
+        if let Some(first) = self.first.take() {
+            return Some(first);
         }
         let mut batch = Batch::default();
         self.expiry.follow(self.session.expires());

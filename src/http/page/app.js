@@ -98,7 +98,7 @@ function setStatus(state, retryMs) {
 // ---------------------------------------------------------------------------
 // Subscriptions, keyed by kind and name: a channel and a pattern may share a name.
 
-const subscriptions = new Map(); // "channel:news" -> { key, name, kind, li, leaving }
+const subscriptions = new Map(); // "channel:news" -> { key, name, kind, li, leaving, lastId }
 
 function subscribe(name, kind) {
   const key = kind + ":" + name;
@@ -109,10 +109,20 @@ function subscribe(name, kind) {
   if (isOpen()) sendSubscribe(sub); // otherwise sent on (re)connect
 }
 
+/** Subscribes; after a reconnect, a channel that keeps history resumes from
+ *  the last id the page saw (RESUME), so nothing published meanwhile is lost. */
 function sendSubscribe(sub) {
   setSubState(sub, "pending");
-  send((sub.kind === "pattern" ? "PSUBSCRIBE " : "SUBSCRIBE ") + sub.name, (reply) => {
+  const resuming = sub.kind === "channel" && sub.lastId;
+  const command = resuming ? `RESUME ${sub.name} ${sub.lastId}`
+    : (sub.kind === "pattern" ? "PSUBSCRIBE " : "SUBSCRIBE ") + sub.name;
+  send(command, (reply) => {
     if (reply === "CONFIRMED" || reply === "ALREADY SUBSCRIBED") return setSubState(sub, "confirmed");
+    if (reply.startsWith("RECOVERED ")) return setSubState(sub, "confirmed");
+    if (reply.startsWith("NOT RECOVERED ")) {
+      notice(`${sub.name}: messages published while disconnected could not be recovered`);
+      return setSubState(sub, "confirmed");
+    }
     // Refused (ERR invalid channel, ERR forbidden...): show why, then drop it.
     if (subscriptions.get(sub.key) === sub) subscriptions.delete(sub.key);
     sub.li.classList.replace("pending", "failed");
@@ -177,7 +187,11 @@ function deliver(msg) {
   const li = el("li", "message");
   li.append(el("span", "time", clock(new Date())), el("span", "channel", msg.channel));
   if (msg.pattern !== undefined) li.append(el("span", "pattern", msg.pattern));
-  if (msg.id !== undefined) li.append(el("span", "id", msg.id));
+  if (msg.id !== undefined) {
+    li.append(el("span", "id", msg.id));
+    const sub = subscriptions.get("channel:" + msg.channel);
+    if (sub && msg.pattern === undefined) sub.lastId = msg.id; // where to resume from
+  }
   li.append(msg.data_base64 === undefined
     ? el("span", "data", msg.data)
     : el("span", "data base64", msg.data_base64)); // not UTF-8: shown as base64
