@@ -5,7 +5,8 @@
 #   scripts/bench-matrix.sh fanout|latency|conns|core|partial|web [RUNS]
 #
 # SYSTEMS overrides the systems measured (crier-auth: crier with auth on and
-# everything allowed anonymously; default: crier crier-redis redis
+# everything allowed anonymously; crier-history: every channel keeping its
+# last 1,000 messages; default: crier crier-redis redis
 # nats; for web: crier nats); the system crier-base is the crier binary at
 # $CRIER_BASE (an older build, for before/after figures), measured with the
 # same load generator. web: the subscribers connect over WebSocket (crier's
@@ -38,8 +39,11 @@ start() {
         set -- crier
     fi
     case $1 in
-    crier | crier-redis | crier-auth)
-        if [ "$1" = crier-auth ]; then
+    crier | crier-redis | crier-auth | crier-history)
+        if [ "$1" = crier-history ]; then
+            # Every channel keeps its last 1,000 messages.
+            set -- crier --history-size 1000
+        elif [ "$1" = crier-auth ]; then
             # Auth on, every client allowed anonymously: the cost of the
             # permission checks on the fan-out path.
             set -- crier --auth-hmac-secret "a benchmark secret of at least thirty-two bytes" \

@@ -108,6 +108,10 @@ impl Broker for Embedded {
         self.history.read(channel, since, limit)
     }
 
+    fn history_bytes(&self) -> usize {
+        self.history.bytes()
+    }
+
     fn ready(&self) -> bool {
         true
     }

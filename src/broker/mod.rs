@@ -104,6 +104,9 @@ pub trait Broker: Send + Sync + 'static {
         limit: usize,
     ) -> Option<(Position, Vec<(Position, Bytes)>)>;
 
+    /// Payload bytes this node keeps in history (for `/metrics`).
+    fn history_bytes(&self) -> usize;
+
     /// Whether new subscriptions can be served now (with Redis: connected).
     fn ready(&self) -> bool;
 

@@ -171,6 +171,10 @@ impl Broker for RedisBroker {
         None
     }
 
+    fn history_bytes(&self) -> usize {
+        0
+    }
+
     fn ready(&self) -> bool {
         self.connected.load(Ordering::Relaxed)
     }

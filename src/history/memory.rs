@@ -13,12 +13,11 @@
 use bytes::Bytes;
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::{Duration, Instant};
 
 use super::{Position, Resumed};
 use crate::broker::glob::Glob;
-use crate::metrics;
 
 /// The history settings.
 #[derive(Debug, Clone)]
@@ -36,9 +35,12 @@ pub struct Settings {
 #[derive(Debug)]
 pub struct Memory {
     settings: Settings,
-    rings: Mutex<HashMap<Bytes, Arc<Mutex<Ring>>>>,
-    /// Each non-empty ring's oldest message: (when, channel). The first is
-    /// the server's oldest message, what the byte cap evicts first.
+    rings: RwLock<HashMap<Bytes, Arc<Mutex<Ring>>>>,
+    /// One entry per ring that holds messages: (a time no later than its
+    /// oldest message, channel). Kept lazily, so that publishing never
+    /// takes this global lock but when a ring gets its first message: the
+    /// byte cap, which walks it from the first, puts an entry back with the
+    /// ring's true oldest time when it finds it stale.
     fronts: Mutex<BTreeSet<(Instant, Bytes)>>,
     bytes: AtomicUsize,
 }
@@ -53,6 +55,8 @@ pub struct Ring {
     kept: VecDeque<Kept>,
     /// Taken out of the map (emptied): whoever locked it late must look again.
     removed: bool,
+    /// Has an entry in `fronts`.
+    in_fronts: bool,
 }
 
 #[derive(Debug)]
@@ -66,7 +70,7 @@ impl Memory {
     pub fn new(settings: Settings) -> Memory {
         Memory {
             settings,
-            rings: Mutex::default(),
+            rings: RwLock::default(),
             fronts: Mutex::default(),
             bytes: AtomicUsize::new(0),
         }
@@ -98,7 +102,10 @@ impl Memory {
         if !self.keeps(channel) {
             return None;
         }
-        let mut rings = lock(&self.rings);
+        if let Some(ring) = read(&self.rings).get(channel) {
+            return Some(Arc::clone(ring));
+        }
+        let mut rings = write(&self.rings);
         let ring = rings.entry(channel.clone()).or_insert_with(|| {
             Arc::new(Mutex::new(Ring {
                 channel: channel.clone(),
@@ -106,6 +113,7 @@ impl Memory {
                 last: 0,
                 kept: VecDeque::new(),
                 removed: false,
+                in_fronts: false,
             }))
         });
         Some(Arc::clone(ring))
@@ -120,11 +128,11 @@ impl Memory {
             self.pop_front(ring);
         }
         ring.last += 1;
-        if ring.kept.is_empty() {
+        if !ring.in_fronts {
             lock(&self.fronts).insert((now, ring.channel.clone()));
+            ring.in_fronts = true;
         }
-        let total = self.bytes.fetch_add(payload.len(), Ordering::Relaxed) + payload.len();
-        metrics::get().history_bytes.set(total as i64);
+        self.bytes.fetch_add(payload.len(), Ordering::Relaxed);
         ring.kept.push_back(Kept { offset: ring.last, at: now, payload });
         ring.position()
     }
@@ -132,17 +140,31 @@ impl Memory {
     /// Evicts the server's oldest messages while over `--history-max-bytes`.
     pub fn enforce_cap(&self) {
         while self.bytes.load(Ordering::Relaxed) > self.settings.max_bytes {
-            let Some((_, channel)) = lock(&self.fronts).first().cloned() else {
+            let Some((at, channel)) = lock(&self.fronts).pop_first() else {
                 return;
             };
-            let Some(ring) = lock(&self.rings).get(&channel).cloned() else {
-                lock(&self.fronts).retain(|(_, c)| *c != channel);
+            let Some(ring) = read(&self.rings).get(&channel).cloned() else {
                 continue;
             };
             let mut ring = lock(&ring);
-            self.pop_front(&mut ring);
-            if ring.kept.is_empty() {
-                self.forget(&mut ring);
+            match ring.kept.front().map(|kept| kept.at) {
+                None => ring.in_fronts = false,
+                // Stale: the ring's oldest is newer; back in its true place.
+                Some(oldest) if oldest > at => {
+                    lock(&self.fronts).insert((oldest, channel));
+                }
+                Some(_) => {
+                    self.pop_front(&mut ring);
+                    match ring.kept.front() {
+                        Some(next) => {
+                            lock(&self.fronts).insert((next.at, channel));
+                        }
+                        None => {
+                            ring.in_fronts = false;
+                            self.forget(&mut ring);
+                        }
+                    }
+                }
             }
         }
     }
@@ -208,18 +230,11 @@ impl Memory {
         }
     }
 
-    /// Drops a ring's oldest message, keeping `fronts` and `bytes` right.
+    /// Drops a ring's oldest message (its `fronts` entry stays, a lower
+    /// bound the byte cap corrects when it gets there).
     fn pop_front(&self, ring: &mut Ring) {
-        let Some(kept) = ring.kept.pop_front() else {
-            return;
-        };
-        let total =
-            self.bytes.fetch_sub(kept.payload.len(), Ordering::Relaxed) - kept.payload.len();
-        metrics::get().history_bytes.set(total as i64);
-        let mut fronts = lock(&self.fronts);
-        fronts.remove(&(kept.at, ring.channel.clone()));
-        if let Some(next) = ring.kept.front() {
-            fronts.insert((next.at, ring.channel.clone()));
+        if let Some(kept) = ring.kept.pop_front() {
+            self.bytes.fetch_sub(kept.payload.len(), Ordering::Relaxed);
         }
     }
 
@@ -228,7 +243,7 @@ impl Memory {
     /// lost, and the channel's next message starts a new epoch.
     fn forget(&self, ring: &mut Ring) {
         ring.removed = true;
-        lock(&self.rings).remove(&ring.channel);
+        write(&self.rings).remove(&ring.channel);
     }
 }
 
@@ -243,9 +258,17 @@ impl Ring {
     }
 }
 
-/// Locks a ring (or any of the maps); a panic elsewhere leaves them consistent.
+/// Locks a ring (or the fronts); a panic elsewhere leaves them consistent.
 pub fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+fn read<T>(lock: &RwLock<T>) -> RwLockReadGuard<'_, T> {
+    lock.read().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+fn write<T>(lock: &RwLock<T>) -> RwLockWriteGuard<'_, T> {
+    lock.write().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// Eight letters and digits, random: a new epoch.

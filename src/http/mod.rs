@@ -85,7 +85,7 @@ fn router<B: Broker>(web: Web<B>) -> Router {
         .route("/history", get(history::history::<B>))
         .route("/healthz", get(monitor::healthz))
         .route("/readyz", get(monitor::readyz::<B>))
-        .route("/metrics", get(monitor::metrics))
+        .route("/metrics", get(monitor::metrics::<B>))
         .fallback(|| async { error(StatusCode::NOT_FOUND, Error::NotFound) })
         .method_not_allowed_fallback(|| async {
             error(StatusCode::METHOD_NOT_ALLOWED, Error::MethodNotAllowed)

@@ -25,8 +25,9 @@ pub async fn readyz<B: Broker>(State(web): State<Web<B>>) -> Response {
     (StatusCode::OK, "ready\n").into_response()
 }
 
-/// The Prometheus text exposition.
-pub async fn metrics() -> Response {
+/// The Prometheus text exposition; gauges the broker knows are read now.
+pub async fn metrics<B: Broker>(State(web): State<Web<B>>) -> Response {
+    metrics::get().history_bytes.set(web.broker.history_bytes() as i64);
     let content_type = "application/openmetrics-text; version=1.0.0; charset=utf-8";
     ([(header::CONTENT_TYPE, content_type)], metrics::get().render()).into_response()
 }
