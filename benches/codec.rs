@@ -16,7 +16,7 @@ fn main() {
 #[divan::bench(args = [64, 1024])]
 fn push_message(bencher: Bencher, size: usize) {
     let payload = vec![b'x'; size];
-    bencher.bench(|| codec::push_message(black_box(b"scores.eu"), black_box(&payload)));
+    bencher.bench(|| codec::push(None, black_box(b"scores.eu"), None, black_box(&payload)));
 }
 
 #[divan::bench]
@@ -60,7 +60,7 @@ fn registry_fan_out(bencher: Bencher, subscribers: usize) {
     let payload = vec![b'x'; 64];
     let runtime = tokio::runtime::Builder::new_current_thread().build().expect("runtime");
     bencher.bench_local(|| {
-        let delivered = registry.publish(b"fan", &payload, &mut Flush::default());
+        let delivered = registry.publish(b"fan", &payload, None, &mut Flush::default());
         for outbox in &outboxes {
             let mut batch = Batch::default();
             runtime.block_on(outbox.next(&mut batch));
@@ -81,5 +81,5 @@ fn publish_past_patterns(bencher: Bencher, patterns: usize) {
         let topic = Topic::pattern(Bytes::from(format!("user.{i}.*")));
         registry.add(topic, &outbox).expect("under the limit");
     }
-    bencher.bench_local(|| registry.publish(b"scores.eu", b"1-0", &mut Flush::default()));
+    bencher.bench_local(|| registry.publish(b"scores.eu", b"1-0", None, &mut Flush::default()));
 }

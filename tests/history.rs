@@ -220,6 +220,8 @@ fn get_history_and_the_web_transports_carry_ids() {
         .collect();
     assert_eq!(ids, [format!("{epoch}:2"), format!("{epoch}:3"), format!("{epoch}:4")]);
     assert_eq!(json["messages"][1]["data_base64"], "/w==");
+    // "two", 0xff and "four" are kept: 8 bytes.
+    assert!(web::get(http, "/metrics").text().contains("crier_history_bytes 8\n"));
     let after = web::get(http, &format!("/history?channel=h.1&since={epoch}:3&limit=5"));
     let json: serde_json::Value = serde_json::from_slice(&after.body).expect("JSON");
     assert_eq!(json["messages"].as_array().map(Vec::len), Some(1));
