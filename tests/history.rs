@@ -259,3 +259,30 @@ fn an_sse_stream_resumes_from_last_event_id_or_says_reset() {
     assert_eq!(reset[1], "data: {\"channels\":[\"t\"]}");
     assert_eq!(both.json()["data"], "two");
 }
+
+#[test]
+fn sse_resume_edge_cases_reset_rather_than_fail() {
+    use common::web::{self, Sse};
+    let server = Server::start(&["--history-size", "100"]);
+    let http = server.http();
+    let mut sse = Sse::open(http, "channel=d");
+    assert_eq!(web::post(http, "/publish?channel=d", b"one").status, 200);
+    let seen = sse.event().expect("an event")[0].trim_start_matches("id: ").to_string();
+    assert_eq!(web::post(http, "/publish?channel=d", b"two").status, 200);
+    // A channel named twice is replayed once; a pattern cannot be resumed.
+    let mut twice =
+        Sse::open(http, &format!("channel=d&channel=d&pattern=x*&last-event-id={seen}"));
+    let reset = twice.event().expect("an event");
+    assert_eq!(reset, ["event: reset", "data: {\"channels\":[\"x*\"]}"]);
+    assert_eq!(twice.json()["data"], "two");
+    assert_eq!(web::post(http, "/publish?channel=d", b"three").status, 200);
+    assert_eq!(twice.json()["data"], "three", "live after the replay, nothing twice");
+    // An id this server cannot read: everything is reset, the stream opens.
+    let mut mangled = Sse::open(http, "channel=d&last-event-id=garbage");
+    assert_eq!(mangled.status, 200);
+    assert_eq!(mangled.event().expect("an event")[0], "event: reset");
+    // GET /history of a name never used makes nothing: no epoch yet.
+    let answer = web::get(http, "/history?channel=never.used");
+    let json: serde_json::Value = serde_json::from_slice(&answer.body).expect("JSON");
+    assert_eq!((json["epoch"].as_str(), json["offset"].as_u64()), (Some("-"), Some(0)));
+}

@@ -170,12 +170,11 @@ async fn the_page_shows_ids_and_resumes_after_a_drop() {
     let browser = Browser::launch().await;
     let page = browser.open(&format!("http://{http}/")).await;
     page.wait_for("document.querySelector('#status')?.textContent === 'connected'", WITHIN).await;
-    page.eval(&fill_and_submit(&[("#subscribe-name", "live")], "#subscribe-form")).await;
-    page.wait_for(
-        "document.querySelector('#subscriptions li.confirmed[data-topic=\"live\"]')",
-        WITHIN,
-    )
-    .await;
+    page.eval(&fill_and_submit(&[("#subscribe-name", "live quiet")], "#subscribe-form")).await;
+    for topic in ["live", "quiet"] {
+        let confirmed = format!("#subscriptions li.confirmed[data-topic=\"{topic}\"]");
+        page.wait_for(&format!("document.querySelector('{confirmed}')"), WITHIN).await;
+    }
     let post = move |payload: &'static [u8]| {
         tokio::task::spawn_blocking(move || {
             web::post(http, "/publish?channel=live", payload).status
@@ -191,6 +190,13 @@ async fn the_page_shows_ids_and_resumes_after_a_drop() {
     page.wait_for("document.querySelector('#status')?.textContent === 'disconnected'", WITHIN)
         .await;
     assert_eq!(post(b"while away").await.expect("publish"), 200);
+    let quiet = tokio::task::spawn_blocking(move || {
+        web::post(http, "/publish?channel=quiet", b"first ever").status
+    });
+    assert_eq!(quiet.await.expect("publish"), 200);
     page.wait_for(&message_shown("live", "while away"), WITHIN).await;
+    // A channel that had no message before the drop resumes from the
+    // position its SUBSCRIBE was confirmed at (version 3).
+    page.wait_for(&message_shown("quiet", "first ever"), WITHIN).await;
     page.wait_for("document.querySelector('#status')?.textContent === 'connected'", WITHIN).await;
 }

@@ -133,6 +133,9 @@ impl Memory {
             ring.in_fronts = true;
         }
         self.bytes.fetch_add(payload.len(), Ordering::Relaxed);
+        // A copy: the payload may be a slice of a connection's read buffer,
+        // which a kept slice would pin whole (and the cap would not count).
+        let payload = Bytes::copy_from_slice(&payload);
         ring.kept.push_back(Kept { offset: ring.last, at: now, payload });
         ring.position()
     }
@@ -204,18 +207,25 @@ impl Memory {
         since: Option<&Position>,
         limit: usize,
     ) -> Option<(Position, Vec<(Position, Bytes)>)> {
-        self.with_ring(channel, |ring| {
-            self.expire(ring, Instant::now());
-            let after = since.filter(|since| since.epoch == ring.epoch).map_or(0, |s| s.offset);
-            let messages = ring
-                .kept
-                .iter()
-                .filter(|kept| kept.offset > after)
-                .take(limit)
-                .map(|kept| (ring.at(kept.offset), kept.payload.clone()))
-                .collect();
-            (ring.position(), messages)
-        })
+        if !self.keeps(channel) {
+            return None;
+        }
+        // Reading makes no ring: a client naming ever new channels must not
+        // grow the server's memory. No ring yet: nothing kept, no epoch.
+        let Some(ring) = read(&self.rings).get(channel).cloned() else {
+            return Some((Position { epoch: Bytes::from_static(b"-"), offset: 0 }, Vec::new()));
+        };
+        let mut ring = lock(&ring);
+        self.expire(&mut ring, Instant::now());
+        let after = since.filter(|since| since.epoch == ring.epoch).map_or(0, |s| s.offset);
+        let messages = ring
+            .kept
+            .iter()
+            .filter(|kept| kept.offset > after)
+            .take(limit)
+            .map(|kept| (ring.at(kept.offset), kept.payload.clone()))
+            .collect();
+        Some((ring.position(), messages))
     }
 
     /// Payload bytes kept in all (for metrics).

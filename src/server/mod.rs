@@ -63,6 +63,9 @@ pub async fn run(
             start(listeners, broker, config).await
         }
         Some(url) => {
+            if config.history.size > 0 {
+                tracing::warn!("--history-* is not supported with --redis yet: no history is kept");
+            }
             let broker = RedisBroker::start(url, config.max_channels, listeners.closing.clone())?;
             start(listeners, broker, config).await
         }

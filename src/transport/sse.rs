@@ -70,12 +70,15 @@ pub async fn stream<B: Broker>(
         .get("last-event-id")
         .map(|value| Bytes::copy_from_slice(value.as_bytes()))
         .or(names.last_event_id);
-    let since = match last_event_id.as_deref().map(Position::parse) {
-        Some(Ok(since)) => since,
-        Some(Err(reason)) => return error(StatusCode::BAD_REQUEST, reason),
-        None => None,
-    };
+    // A Last-Event-ID this server cannot read (another server's, a
+    // mangled one) means nothing can be recovered: every channel is reset.
+    // A 400 would make the browser's EventSource give up for good.
+    let since = last_event_id.as_deref().map(|id| {
+        Position::parse(id).ok().flatten().unwrap_or(Position { epoch: Bytes::new(), offset: 0 })
+    });
     let mut channels = names.channels;
+    let mut seen = std::collections::HashSet::new();
+    channels.retain(|channel| seen.insert(channel.clone()));
     if channels.is_empty() && names.patterns.is_empty() {
         channels.push(web.config.default_channel.clone());
     }
@@ -101,8 +104,15 @@ pub async fn stream<B: Broker>(
             .await
             .map(|()| Vec::new()),
     };
+    // Patterns have no position: on a resume they are reset too.
+    let pattern_names: Vec<Bytes> = patterns.iter().map(|p| p.name.clone()).collect();
     let subscribed = match subscribed {
-        Ok(lost) => session.subscribe_all(patterns).await.map(|()| lost),
+        Ok(mut lost) => session.subscribe_all(patterns).await.map(|()| {
+            if since.is_some() {
+                lost.extend(pattern_names);
+            }
+            lost
+        }),
         Err(reason) => Err(reason),
     };
     let lost = match subscribed {

@@ -48,14 +48,17 @@ function connect() {
   socket.onopen = () => {
     retryDelay = RETRY_MIN_MS;
     setStatus("connected");
-    send("HELLO 2", (reply) => {
-      if (reply !== "CONFIRMED") notice("HELLO 2: " + reply);
+    // Version 3: deliveries are JSON (as in version 2), and a SUBSCRIBE's
+    // reply names the channel's position, so a drop before the first
+    // message still resumes from the right place.
+    send("HELLO 3", (reply) => {
+      if (reply !== "CONFIRMED") notice("HELLO 3: " + reply);
     });
     for (const sub of subscriptions.values()) sendSubscribe(sub);
   };
 
   socket.onmessage = (event) => {
-    // After HELLO 2 everything is text: deliveries are JSON objects, and
+    // After HELLO 3 everything is text: deliveries are JSON objects, and
     // replies never start with "{".
     if (typeof event.data !== "string") return notice("(a binary message)");
     if (event.data.startsWith("{")) return deliver(JSON.parse(event.data));
@@ -118,9 +121,14 @@ function sendSubscribe(sub) {
     : (sub.kind === "pattern" ? "PSUBSCRIBE " : "SUBSCRIBE ") + sub.name;
   send(command, (reply) => {
     if (reply === "CONFIRMED" || reply === "ALREADY SUBSCRIBED") return setSubState(sub, "confirmed");
+    if (reply.startsWith("CONFIRMED ")) { // version 3: the position, "-" without history
+      remember(sub, reply.slice("CONFIRMED ".length));
+      return setSubState(sub, "confirmed");
+    }
     if (reply.startsWith("RECOVERED ")) return setSubState(sub, "confirmed");
     if (reply.startsWith("NOT RECOVERED ")) {
       notice(`${sub.name}: messages published while disconnected could not be recovered`);
+      remember(sub, reply.slice("NOT RECOVERED ".length)); // resume from here next time
       return setSubState(sub, "confirmed");
     }
     // Refused (ERR invalid channel, ERR forbidden...): show why, then drop it.
@@ -128,6 +136,11 @@ function sendSubscribe(sub) {
     sub.li.classList.replace("pending", "failed");
     flashError(sub.li, reply, () => sub.li.remove());
   });
+}
+
+/** Where a channel resumes from after a drop ("-": it keeps no history). */
+function remember(sub, id) {
+  sub.lastId = id === "-" ? undefined : id;
 }
 
 function unsubscribe(sub) {
