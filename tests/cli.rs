@@ -164,3 +164,34 @@ fn an_empty_secret_file_is_refused_rather_than_turning_auth_off() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("no secret in the file"), "{stderr}");
 }
+
+#[test]
+fn the_interactive_client_shows_version_3_ids() {
+    let server = Server::start(&["--history-size", "10"]);
+    let mut client = crier()
+        .args(["client", &server.addr.to_string()])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("run crier client");
+    let mut stdin = client.stdin.take().expect("stdin");
+    stdin.write_all(b"HELLO 3\nSUBSCRIBE news\n").expect("send");
+    let mut out = std::io::BufReader::new(client.stdout.take().expect("stdout"));
+    let mut line = String::new();
+    use std::io::BufRead;
+    for _ in 0..2 {
+        line.clear();
+        out.read_line(&mut line).expect("a reply");
+    }
+    let id = line.trim().trim_start_matches("CONFIRMED ").to_string();
+    let (epoch, offset) = id.split_once(':').expect("an id");
+    assert_eq!(offset, "0");
+    let mut publisher = server.connect();
+    publisher.command("PUBLISH news goal", "CONFIRMED");
+    line.clear();
+    out.read_line(&mut line).expect("the message");
+    assert_eq!(line, format!("message news [{epoch}:1]: goal\n"));
+    drop(stdin);
+    let _ = client.wait();
+}

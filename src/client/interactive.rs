@@ -51,16 +51,17 @@ async fn print_frames(mut frames: FrameReader) -> anyhow::Result<()> {
         let mut out = std::io::stdout().lock();
         match frame {
             Frame::Line(line) => out.write_all(&line)?,
-            Frame::Message { pattern: None, channel, payload } => {
-                write!(out, "message {}: {}", channel.escape_ascii(), payload.escape_ascii())?
+            Frame::Message { pattern, channel, id, payload } => {
+                write!(out, "message {}", channel.escape_ascii())?;
+                if let Some(pattern) = pattern {
+                    write!(out, " (pattern {})", pattern.escape_ascii())?;
+                }
+                // Version 3: the id to RESUME from.
+                if let Some(id) = id {
+                    write!(out, " [{}]", id.escape_ascii())?;
+                }
+                write!(out, ": {}", payload.escape_ascii())?;
             }
-            Frame::Message { pattern: Some(pattern), channel, payload } => write!(
-                out,
-                "message {} (pattern {}): {}",
-                channel.escape_ascii(),
-                pattern.escape_ascii(),
-                payload.escape_ascii()
-            )?,
         }
         out.write_all(b"\n")?;
         out.flush()?;

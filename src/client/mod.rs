@@ -86,7 +86,8 @@ pub enum Frame {
     /// A reply, or a version 1 push: one line without its CRLF.
     Line(Bytes),
     /// A version 2 push; `pattern` is set for a delivery through a pattern.
-    Message { pattern: Option<Bytes>, channel: Bytes, payload: Bytes },
+    /// A version 2 or 3 push; `id` in version 3 (`-` without history).
+    Message { pattern: Option<Bytes>, channel: Bytes, id: Option<Bytes>, payload: Bytes },
 }
 
 /// Reads [`Frame`]s, telling pushes from replies with [`push::parse`].
@@ -107,9 +108,10 @@ impl FrameReader {
                 let bytes = self.buf.split_to(used).freeze();
                 return Ok(Some(match frame {
                     push::Frame::Line(line) => Frame::Line(bytes.slice(line)),
-                    push::Frame::Push { pattern, channel, payload, .. } => Frame::Message {
+                    push::Frame::Push { pattern, channel, id, payload } => Frame::Message {
                         pattern: pattern.map(|pattern| bytes.slice(pattern)),
                         channel: bytes.slice(channel),
+                        id: id.map(|id| bytes.slice(id)),
                         payload: bytes.slice(payload),
                     },
                 }));
