@@ -189,6 +189,11 @@ impl<S: ?Sized + Sink> Outbox<S> {
         self.id
     }
 
+    /// The connection's budget of pending output (`--max-pending`).
+    pub fn budget(&self) -> usize {
+        self.max_pending
+    }
+
     pub fn sink(&self) -> &S {
         &self.sink
     }

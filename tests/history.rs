@@ -286,3 +286,22 @@ fn sse_resume_edge_cases_reset_rather_than_fail() {
     let json: serde_json::Value = serde_json::from_slice(&answer.body).expect("JSON");
     assert_eq!((json["epoch"].as_str(), json["offset"].as_u64()), (Some("-"), Some(0)));
 }
+
+#[test]
+fn a_replay_too_large_for_the_connection_is_not_recovered_rather_than_cut() {
+    let server = Server::start(&["--history-size", "1000", "--max-pending", "65536"]);
+    let mut watcher = v3(&server);
+    let start = confirmed_at(&mut watcher, "SUBSCRIBE big");
+    let (epoch, _) = split(&start);
+    let mut publisher = server.connect();
+    let payload = "p".repeat(1000);
+    for _ in 0..100 {
+        publisher.command(&format!("PUBLISH big {payload}"), "CONFIRMED");
+    }
+    // 100 KB to replay, 64 KiB of budget: plainly not recovered, still connected.
+    let mut client = v3(&server);
+    client.command(&format!("RESUME big {start}"), &format!("NOT RECOVERED {epoch}:100"));
+    client.command("PING", "PONG");
+    // A gap that fits is replayed.
+    client.command(&format!("RESUME big {epoch}:90"), "RECOVERED 10");
+}

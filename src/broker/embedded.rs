@@ -60,7 +60,16 @@ impl Broker for Embedded {
         let name = channel.name.clone();
         let kept = self.history.with_ring(&name, |ring| {
             let topic = add(channel.clone())?;
-            let (resumed, missed) = self.history.resume(ring, since.as_ref());
+            let (mut resumed, mut missed) = self.history.resume(ring, since.as_ref());
+            // A replay the connection's budget cannot hold would cut it off
+            // as a slow consumer, again at every retry: say it cannot be
+            // recovered instead, so the client reloads. Half the budget, for
+            // the framing and the live messages that follow.
+            let replay: usize = missed.iter().map(|(_, payload)| payload.len() + 64).sum();
+            if replay > outbox.budget() / 2 {
+                resumed = Resumed::NotRecovered(Some(ring.position()));
+                missed.clear();
+            }
             // Queued under the ring's lock: before any message published after.
             let active = AtomicBool::new(true);
             for (position, payload) in missed {
