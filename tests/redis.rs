@@ -289,3 +289,33 @@ fn the_publishing_connection_comes_back_after_redis_drops_it() {
     publisher.command("PUBLISH news two", "CONFIRMED");
     subscriber.expect_line(b"two");
 }
+
+#[test]
+fn a_burst_of_publishes_keeps_command_order_and_message_order() {
+    let redis = Redis::start();
+    let server = node(&redis);
+    let mut subscriber = server.connect_v2();
+    subscriber.command("SUBSCRIBE p", "CONFIRMED");
+    // Publishes interleaved with other commands, sent in one write: the
+    // replies come in command order, the messages in publish order (the
+    // guard for pipelining PUBLISH to Redis, issue 11: a first attempt
+    // reordered messages and was dropped).
+    let mut publisher = server.connect();
+    let mut burst = Vec::new();
+    for i in 0..2000 {
+        burst.extend_from_slice(format!("PUBLISH p m{i}\r\n").as_bytes());
+        if i % 500 == 0 {
+            burst.extend_from_slice(format!("PING {i}\r\n").as_bytes());
+        }
+    }
+    publisher.send(&burst);
+    for i in 0..2000 {
+        publisher.expect_line(b"CONFIRMED");
+        if i % 500 == 0 {
+            publisher.expect_line(format!("PONG {i}").as_bytes());
+        }
+    }
+    for i in 0..2000 {
+        assert_eq!(subscriber.push_v2().2, format!("m{i}").into_bytes());
+    }
+}
