@@ -5,7 +5,8 @@
 //! replies and pushes look on the wire.
 //!
 //! The session owns the subscriptions, the push form, the limits, the
-//! permission checks and the confirm-before-deliver rule. It ends its
+//! permission checks (tokens included), the confirm-before-deliver rule and
+//! resumes from history. It ends its
 //! subscriptions in `Drop`, so no early return, cancelled future or panic in
 //! an adapter can leave a registry entry (or a Redis subscription) behind.
 
