@@ -23,7 +23,7 @@ use serde::Deserialize;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use crate::broker::glob::Glob;
+use crate::broker::glob::{Glob, literal_prefix};
 
 /// Longest token accepted; longer ones are refused before any parsing.
 pub const MAX_TOKEN: usize = 8 * 1024;
@@ -317,11 +317,6 @@ impl Grants {
             globs.map(|g| Grant { text: Bytes::copy_from_slice(g), glob: Glob::new(g) }).collect();
         Grants::Some(Arc::from(list))
     }
-}
-
-/// The bytes of a pattern before its first special character.
-fn literal_prefix(pattern: &[u8]) -> usize {
-    pattern.iter().position(|b| matches!(b, b'*' | b'?' | b'[' | b'\\')).unwrap_or(pattern.len())
 }
 
 #[cfg(test)]

@@ -30,6 +30,7 @@ pub mod outbox;
 pub mod protocol;
 pub mod server;
 pub mod session;
+pub mod sync;
 pub mod sys;
 pub mod tls;
 pub mod transport;

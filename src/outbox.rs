@@ -40,6 +40,7 @@ use tokio::sync::Notify;
 
 use crate::metrics;
 use crate::protocol::{Form, Framing, Version};
+use crate::sync;
 
 /// Identifies a connection in the broker's tables.
 pub type ConnId = u64;
@@ -201,7 +202,7 @@ impl<S: ?Sized + Sink> Outbox<S> {
     fn state(&self) -> MutexGuard<'_, State> {
         // Every update below leaves the state consistent before anything that
         // could panic, so a poisoned lock is still usable.
-        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        sync::lock(&self.state)
     }
 
     /// Whether the connection was cut off as a slow consumer.

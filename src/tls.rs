@@ -16,6 +16,8 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsAcceptor;
+
+use crate::sync;
 use tokio_rustls::server::TlsStream;
 
 /// How long a client may take to finish the TLS handshake.
@@ -44,7 +46,7 @@ struct Certificate {
 
 impl ResolvesServerCert for Certificate {
     fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        Some(Arc::clone(&self.current.read().unwrap_or_else(|poisoned| poisoned.into_inner())))
+        Some(Arc::clone(&sync::read(&self.current)))
     }
 }
 
@@ -68,8 +70,7 @@ impl Tls {
     /// Reads the files again; on success new handshakes use them.
     pub fn reload(&self) -> anyhow::Result<()> {
         let loaded = certified_key(&self.resolver.cert, &self.resolver.key, &provider())?;
-        *self.resolver.current.write().unwrap_or_else(|poisoned| poisoned.into_inner()) =
-            Arc::new(loaded);
+        *sync::write(&self.resolver.current) = Arc::new(loaded);
         Ok(())
     }
 

@@ -12,6 +12,13 @@
 //!   inside a class, `[]` matches nothing, and an unclosed `[` runs to the end of
 //!   the pattern.
 
+/// The length of a pattern's literal prefix: the bytes before its first
+/// special character (`*`, `?`, `[`, `\`). Every channel it matches starts
+/// with them.
+pub fn literal_prefix(pattern: &[u8]) -> usize {
+    pattern.iter().position(|b| matches!(b, b'*' | b'?' | b'[' | b'\\')).unwrap_or(pattern.len())
+}
+
 /// A compiled glob pattern.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Glob {

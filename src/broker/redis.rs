@@ -34,6 +34,7 @@ use crate::history::{Position, Resumed};
 use crate::metrics;
 use crate::outbox::{ConnId, Flush, Outbox};
 use crate::protocol::reply::Error;
+use crate::sync;
 
 /// How long Redis may take to answer anything before the connection is
 /// considered lost.
@@ -96,7 +97,7 @@ impl RedisBroker {
     }
 
     fn publisher(&self) -> Option<MultiplexedConnection> {
-        self.publisher.read().unwrap_or_else(|poisoned| poisoned.into_inner()).clone()
+        sync::read(&self.publisher).clone()
     }
 }
 
@@ -156,7 +157,7 @@ impl Broker for RedisBroker {
                 // Dropped (Redis's `timeout`, `CLIENT KILL`, a proxy or NAT
                 // cutting an idle flow) or silent: the subscriber task opens a
                 // new one at its next health check.
-                *self.publisher.write().unwrap_or_else(|poisoned| poisoned.into_inner()) = None;
+                *sync::write(&self.publisher) = None;
                 Err(Error::BackendUnavailable)
             }
         }
@@ -302,7 +303,7 @@ impl Subscriber {
     /// Redis answers, but the publishing connection was found broken: opens
     /// a new one (publishes fail at once meanwhile).
     async fn restore_publisher(&self) {
-        if self.publisher.read().unwrap_or_else(|poisoned| poisoned.into_inner()).is_some() {
+        if sync::read(&self.publisher).is_some() {
             return;
         }
         let connect = self.client.get_multiplexed_async_connection();
@@ -324,7 +325,7 @@ impl Subscriber {
     }
 
     fn set_publisher(&self, publisher: Option<MultiplexedConnection>) {
-        *self.publisher.write().unwrap_or_else(|poisoned| poisoned.into_inner()) = publisher;
+        *sync::write(&self.publisher) = publisher;
     }
 
     /// Serves requests until the connection is lost (`Err`) or shutdown (`Ok`).

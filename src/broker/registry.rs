@@ -27,14 +27,15 @@ use bytes::Bytes;
 use indexmap::IndexMap;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 
-use super::glob::Glob;
+use super::glob::{Glob, literal_prefix};
 use super::{Kind, Topic};
 use crate::metrics;
 use crate::outbox::{ConnId, Flush, Outbox};
 use crate::protocol::Form;
 use crate::protocol::reply::Error;
+use crate::sync::{self, read, write};
 
 /// One connection's interest in one topic: its outbox, and a flag cleared
 /// when the subscription ends (see the module documentation). The outbox is
@@ -242,7 +243,7 @@ impl Entry {
     fn lock(&self) -> MutexGuard<'_, Subscribers> {
         // Updates are single map operations: a panic elsewhere cannot leave
         // the set half-changed, so a poisoned lock is still consistent.
-        self.subscribers.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        sync::lock(&self.subscribers)
     }
 
     /// The subscribers to walk, without holding any lock while walking.
@@ -321,12 +322,6 @@ impl Patterns {
     }
 }
 
-/// The bytes of a pattern before its first special character: every channel
-/// it matches starts with them.
-fn literal_prefix(pattern: &[u8]) -> usize {
-    pattern.iter().position(|b| matches!(b, b'*' | b'?' | b'[' | b'\\')).unwrap_or(pattern.len())
-}
-
 /// Lazily encoded frames of one message, one per push form, shared by all
 /// its subscribers.
 struct Frames<'a> {
@@ -379,16 +374,6 @@ impl<'a> Frames<'a> {
 fn counted(deliveries: usize) -> usize {
     metrics::DELIVERIES.add(deliveries as u64);
     deliveries
-}
-
-fn read<T>(lock: &RwLock<T>) -> RwLockReadGuard<'_, T> {
-    // Updates are single map operations: a panic elsewhere cannot leave the
-    // table half-changed, so a poisoned lock is still consistent.
-    lock.read().unwrap_or_else(|poisoned| poisoned.into_inner())
-}
-
-fn write<T>(lock: &RwLock<T>) -> RwLockWriteGuard<'_, T> {
-    lock.write().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 #[cfg(test)]

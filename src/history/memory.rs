@@ -13,11 +13,12 @@
 use bytes::Bytes;
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use super::{Position, Resumed};
 use crate::broker::glob::Glob;
+use crate::sync::{lock, read, write};
 
 /// The history settings.
 #[derive(Debug, Clone)]
@@ -266,19 +267,6 @@ impl Ring {
     fn at(&self, offset: u64) -> Position {
         Position { epoch: self.epoch.clone(), offset }
     }
-}
-
-/// Locks a ring (or the fronts); a panic elsewhere leaves them consistent.
-pub fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
-}
-
-fn read<T>(lock: &RwLock<T>) -> RwLockReadGuard<'_, T> {
-    lock.read().unwrap_or_else(|poisoned| poisoned.into_inner())
-}
-
-fn write<T>(lock: &RwLock<T>) -> RwLockWriteGuard<'_, T> {
-    lock.write().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// Eight letters and digits, random: a new epoch.

@@ -18,6 +18,7 @@ use tokio::net::TcpStream;
 use tokio_rustls::server::TlsStream;
 
 use crate::outbox::Sink;
+use crate::sync;
 
 /// See the module documentation.
 pub trait Socket: Sink {
@@ -87,7 +88,7 @@ pub struct Tls(pub Mutex<TlsStream<TcpStream>>);
 
 impl Tls {
     fn with<T>(&self, f: impl FnOnce(Pin<&mut TlsStream<TcpStream>>) -> T) -> T {
-        let mut stream = self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut stream = sync::lock(&self.0);
         f(Pin::new(&mut *stream))
     }
 }

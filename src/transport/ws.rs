@@ -26,6 +26,7 @@ use crate::outbox;
 use crate::protocol::reply::Error;
 use crate::protocol::websocket::Reader;
 use crate::server::closed::Closed;
+use crate::sync;
 
 /// Answers the upgrade request and serves the WebSocket in a task of its own.
 pub async fn upgrade<B: Broker>(State(web): State<Web<B>>, mut request: Request) -> Response {
@@ -44,7 +45,7 @@ pub async fn upgrade<B: Broker>(State(web): State<Web<B>>, mut request: Request)
         return StatusCode::INTERNAL_SERVER_ERROR.into_response();
     };
     let upgrading = hyper::upgrade::on(&mut request);
-    let slot = connection.slot.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).take();
+    let slot = sync::lock(&connection.slot).take();
     tokio::spawn(async move {
         let upgraded = match upgrading.await {
             Ok(upgraded) => upgraded,
