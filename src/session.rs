@@ -52,13 +52,15 @@ pub struct Session<B: Broker> {
 }
 
 impl<B: Broker> Session<B> {
+    /// A session with `permissions` from the start: the anonymous ones, or
+    /// a token's the web request carried.
     pub fn new(
         broker: Arc<B>,
         config: Arc<Config>,
         outbox: Arc<Outbox>,
         framing: Framing,
+        permissions: Arc<Permissions>,
     ) -> Session<B> {
-        let permissions = config.auth.anonymous();
         Session {
             broker,
             config,
@@ -159,9 +161,9 @@ impl<B: Broker> Session<B> {
         self.reply(error.into());
     }
 
-    /// Takes a token's permissions (from `AUTH`, or from the web request that
-    /// opened the connection): subscriptions they no longer allow end.
-    pub fn authorize(&mut self, permissions: Arc<Permissions>) {
+    /// Takes a new token's permissions (`AUTH`): subscriptions they no
+    /// longer allow end.
+    fn authorize(&mut self, permissions: Arc<Permissions>) {
         let kept = |topic: &Topic| match topic.kind {
             Kind::Channel => permissions.allows(Action::Subscribe, &topic.name),
             Kind::Pattern => permissions.allows_pattern(&topic.name),

@@ -11,8 +11,8 @@ use base64::Engine;
 use bytes::Bytes;
 use serde::Serialize;
 
-use super::query::decode;
-use super::{Web, credentials, error, forbidden};
+use super::query::pairs;
+use super::{Credentials, Web, error};
 use crate::auth::Action;
 use crate::broker::Broker;
 use crate::history::Position;
@@ -45,9 +45,7 @@ struct Query {
 
 fn parse(query: Option<&str>) -> Result<Query, Error> {
     let (mut channel, mut since, mut limit, mut token) = (None, None, usize::MAX, None);
-    for pair in query.unwrap_or("").split('&').filter(|pair| !pair.is_empty()) {
-        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
-        let value = decode(value);
+    for (key, value) in pairs(query) {
         match key {
             "channel" if channel.is_none() => {
                 valid_name(&value)?;
@@ -75,14 +73,12 @@ pub async fn history<B: Broker>(
         Ok(query) => query,
         Err(reason) => return error(StatusCode::BAD_REQUEST, reason),
     };
-    let token = match credentials(&web.config, &headers, query.token.as_deref()) {
-        Ok(token) => token,
+    let credentials = match Credentials::check(&web.config, &headers, query.token.as_deref()) {
+        Ok(credentials) => credentials,
         Err(refusal) => return *refusal,
     };
-    let had_token = token.is_some();
-    let permissions = token.map_or_else(|| web.config.auth.anonymous(), std::sync::Arc::new);
-    if !permissions.allows(Action::Subscribe, &query.channel) {
-        return forbidden(&web.config, had_token);
+    if !credentials.permissions.allows(Action::Subscribe, &query.channel) {
+        return credentials.forbidden(&web.config);
     }
     let Some((position, kept)) =
         web.broker.history(&query.channel, query.since.as_ref(), query.limit)

@@ -98,44 +98,56 @@ pub fn error(status: StatusCode, error: Error) -> Response {
     (status, format!("ERR {error}\n")).into_response()
 }
 
-/// The token a request carries (`Authorization: Bearer`, else `?token=`),
-/// checked: `Ok(None)` without one (or with auth off, where a token changes
-/// nothing), `Err` with the `401` to answer when it does not verify.
-pub fn credentials(
-    config: &Config,
-    headers: &axum::http::HeaderMap,
-    query_token: Option<&[u8]>,
-) -> Result<Option<Permissions>, Box<Response>> {
-    // The scheme is case-insensitive (RFC 9110 §11.1).
-    let bearer = headers.get(axum::http::header::AUTHORIZATION).and_then(|value| {
-        let value = value.as_bytes();
-        let scheme = value.get(..7)?;
-        scheme.eq_ignore_ascii_case(b"bearer ").then(|| &value[7..])
-    });
-    let Some(token) = bearer.or(query_token) else {
-        return Ok(None);
-    };
-    if !config.auth.enabled() {
-        return Ok(None);
-    }
-    match config.auth.verify(token) {
-        Ok(permissions) => Ok(Some(permissions)),
-        Err(why) => {
-            tracing::debug!(reason = %why.0, "token refused");
-            Err(Box::new(error(StatusCode::UNAUTHORIZED, Error::InvalidToken)))
-        }
-    }
+/// What a web request may do: its token's permissions (`Authorization:
+/// Bearer`, else `?token=`), or the anonymous ones without a token (or
+/// with auth off, where a token changes nothing).
+pub struct Credentials {
+    pub permissions: Arc<Permissions>,
+    had_token: bool,
 }
 
-/// A refusal: `401` when the client gave no token and one could help (auth
-/// is on), `403` otherwise.
-pub fn forbidden(config: &Config, had_token: bool) -> Response {
-    let status = if config.auth.enabled() && !had_token {
-        StatusCode::UNAUTHORIZED
-    } else {
-        StatusCode::FORBIDDEN
-    };
-    error(status, Error::Forbidden)
+impl Credentials {
+    /// Checks the request's token: `Err` with the `401 ERR invalid token` to
+    /// answer when it does not verify.
+    pub fn check(
+        config: &Config,
+        headers: &axum::http::HeaderMap,
+        query_token: Option<&[u8]>,
+    ) -> Result<Credentials, Box<Response>> {
+        let anonymous = Credentials { permissions: config.auth.anonymous(), had_token: false };
+        // The scheme is case-insensitive (RFC 9110 §11.1).
+        let bearer = headers.get(axum::http::header::AUTHORIZATION).and_then(|value| {
+            let value = value.as_bytes();
+            let scheme = value.get(..7)?;
+            scheme.eq_ignore_ascii_case(b"bearer ").then(|| &value[7..])
+        });
+        let Some(token) = bearer.or(query_token) else {
+            return Ok(anonymous);
+        };
+        if !config.auth.enabled() {
+            return Ok(anonymous);
+        }
+        match config.auth.verify(token) {
+            Ok(permissions) => {
+                Ok(Credentials { permissions: Arc::new(permissions), had_token: true })
+            }
+            Err(why) => {
+                tracing::debug!(reason = %why.0, "token refused");
+                Err(Box::new(error(StatusCode::UNAUTHORIZED, Error::InvalidToken)))
+            }
+        }
+    }
+
+    /// A refusal: `401` when the client gave no token and one could help
+    /// (auth is on), `403` otherwise.
+    pub fn forbidden(&self, config: &Config) -> Response {
+        let status = if config.auth.enabled() && !self.had_token {
+            StatusCode::UNAUTHORIZED
+        } else {
+            StatusCode::FORBIDDEN
+        };
+        error(status, Error::Forbidden)
+    }
 }
 
 /// Serves HTTP on `listener` until `web.closing`; each connection takes a

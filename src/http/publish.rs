@@ -6,10 +6,9 @@ use axum::body::Body;
 use axum::extract::{RawQuery, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use std::sync::Arc;
 
 use super::query::Names;
-use super::{Web, credentials, error, forbidden};
+use super::{Credentials, Web, error};
 use crate::auth::Action;
 use crate::broker::Broker;
 use crate::metrics;
@@ -29,15 +28,13 @@ pub async fn publish<B: Broker>(
         Ok(names) => names,
         Err(reason) => return error(StatusCode::BAD_REQUEST, reason),
     };
-    let token = match credentials(&web.config, &headers, names.token.as_deref()) {
-        Ok(token) => token,
+    let credentials = match Credentials::check(&web.config, &headers, names.token.as_deref()) {
+        Ok(credentials) => credentials,
         Err(refusal) => return *refusal,
     };
-    let had_token = token.is_some();
-    let permissions = token.map_or_else(|| web.config.auth.anonymous(), Arc::new);
     let channels = names.channels;
-    if !channels.iter().all(|channel| permissions.allows(Action::Publish, channel)) {
-        return forbidden(&web.config, had_token);
+    if !channels.iter().all(|channel| credentials.permissions.allows(Action::Publish, channel)) {
+        return credentials.forbidden(&web.config);
     }
     let Ok(payload) = axum::body::to_bytes(body, web.config.max_payload).await else {
         // Over the limit, or the client went away mid-body (then nobody reads this).

@@ -22,18 +22,16 @@ pub struct Names {
 impl Names {
     pub fn parse(query: Option<&str>, allow_patterns: bool) -> Result<Names, Error> {
         let mut names = Names::default();
-        for pair in query.unwrap_or("").split('&').filter(|pair| !pair.is_empty()) {
-            let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
-            let value = decode(value);
-            if key == "token" {
-                names.token = Some(value);
-                continue;
-            }
-            if key == "last-event-id" && allow_patterns {
-                names.last_event_id = Some(value);
-                continue;
-            }
+        for (key, value) in pairs(query) {
             let list = match key {
+                "token" => {
+                    names.token = Some(value);
+                    continue;
+                }
+                "last-event-id" if allow_patterns => {
+                    names.last_event_id = Some(value);
+                    continue;
+                }
                 "channel" => &mut names.channels,
                 "pattern" if allow_patterns => &mut names.patterns,
                 _ => return Err(Error::InvalidParameter),
@@ -43,18 +41,23 @@ impl Names {
         }
         Ok(names)
     }
-}
 
-impl Names {
     /// Just the `token` parameter, ignoring the rest (for `/ws`).
     pub fn token(query: Option<&str>) -> Option<Bytes> {
-        let pairs = query.unwrap_or("").split('&').filter_map(|pair| pair.split_once('='));
-        pairs.filter(|(key, _)| *key == "token").map(|(_, value)| decode(value)).next_back()
+        pairs(query).filter(|(key, _)| *key == "token").map(|(_, value)| value).last()
     }
 }
 
+/// A query string's parameters, in order: the key as sent, the value decoded.
+pub fn pairs(query: Option<&str>) -> impl Iterator<Item = (&str, Bytes)> {
+    query.unwrap_or("").split('&').filter(|pair| !pair.is_empty()).map(|pair| {
+        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+        (key, decode(value))
+    })
+}
+
 /// A parameter's value: percent-decoded bytes, `+` as a space.
-pub fn decode(value: &str) -> Bytes {
+fn decode(value: &str) -> Bytes {
     let spaced = value.replace('+', " ");
     Bytes::from(percent_encoding::percent_decode_str(&spaced).collect::<Vec<u8>>())
 }

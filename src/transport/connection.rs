@@ -74,7 +74,7 @@ impl Decoder {
 pub async fn serve<B: Broker, S: Socket>(
     socket: S,
     mut decoder: Decoder,
-    token: Option<Arc<Permissions>>,
+    permissions: Arc<Permissions>,
     id: ConnId,
     broker: Arc<B>,
     config: Arc<Config>,
@@ -87,10 +87,8 @@ pub async fn serve<B: Broker, S: Socket>(
     // by the writer when it gives up.
     let closed = shutdown.child_token();
     let cause = Cause::default();
-    let mut session = Session::new(broker, config, Arc::clone(&outbox) as Arc<Outbox>, framing);
-    if let Some(permissions) = token {
-        session.authorize(permissions);
-    }
+    let mut session =
+        Session::new(broker, config, Arc::clone(&outbox) as Arc<Outbox>, framing, permissions);
     // Both halves borrow the one socket: no split, no shared handle to
     // allocate. The session and the decoder live here once and are borrowed:
     // every byte of this future is paid by every idle connection.

@@ -25,7 +25,7 @@ use super::expiry::Expiry;
 use crate::broker::{Broker, Topic};
 use crate::history::Position;
 use crate::http::query::Names;
-use crate::http::{Connection, Web, credentials, error, forbidden};
+use crate::http::{Connection, Credentials, Web, error};
 use crate::metrics::{self, Transport};
 use crate::outbox::{self, Batch, Next, Outbox, Sink};
 use crate::protocol::Framing;
@@ -60,11 +60,10 @@ pub async fn stream<B: Broker>(
         Ok(names) => names,
         Err(reason) => return error(StatusCode::BAD_REQUEST, reason),
     };
-    let token = match credentials(&web.config, &headers, names.token.as_deref()) {
-        Ok(token) => token,
+    let credentials = match Credentials::check(&web.config, &headers, names.token.as_deref()) {
+        Ok(credentials) => credentials,
         Err(refusal) => return *refusal,
     };
-    let had_token = token.is_some();
     // Where a reconnecting EventSource left off: its header, or the URL.
     let last_event_id = headers
         .get("last-event-id")
@@ -91,10 +90,8 @@ pub async fn stream<B: Broker>(
         Arc::clone(&web.config),
         Arc::clone(&outbox) as Arc<Outbox>,
         Framing::EventStream,
+        Arc::clone(&credentials.permissions),
     );
-    if let Some(permissions) = token {
-        session.authorize(Arc::new(permissions));
-    }
     // Channels resume from the one position the stream's last event named
     // (the others cannot be recovered: they get `event: reset`).
     let subscribed = match &since {
@@ -119,7 +116,7 @@ pub async fn stream<B: Broker>(
         Ok(lost) => lost,
         Err(reason) => {
             let status = match reason {
-                Error::Forbidden => return forbidden(&web.config, had_token),
+                Error::Forbidden => return credentials.forbidden(&web.config),
                 Error::InvalidChannel | Error::TooManySubscriptions => StatusCode::BAD_REQUEST,
                 _ => StatusCode::SERVICE_UNAVAILABLE,
             };

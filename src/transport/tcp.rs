@@ -21,7 +21,8 @@ pub async fn serve<B: Broker, S: Socket>(
     shutdown: CancellationToken,
 ) -> Closed {
     let decoder = Decoder::Line(LineReader::new(config.max_line));
-    connection::serve(socket, decoder, None, id, broker, config, shutdown).await
+    let anonymous = config.auth.anonymous();
+    connection::serve(socket, decoder, anonymous, id, broker, config, shutdown).await
 }
 
 #[cfg(test)]

@@ -20,7 +20,7 @@ use super::connection::{self, Decoder};
 use super::socket;
 use crate::broker::Broker;
 use crate::http::query::Names;
-use crate::http::{Connection, Web, credentials, error};
+use crate::http::{Connection, Credentials, Web, error};
 use crate::metrics::{self, Transport};
 use crate::outbox;
 use crate::protocol::reply::Error;
@@ -37,8 +37,8 @@ pub async fn upgrade<B: Broker>(State(web): State<Web<B>>, mut request: Request)
     // Only `token` means something here; other parameters (a cache buster)
     // are ignored.
     let token = Names::token(request.uri().query());
-    let permissions = match credentials(&web.config, request.headers(), token.as_deref()) {
-        Ok(permissions) => permissions.map(Arc::new),
+    let permissions = match Credentials::check(&web.config, request.headers(), token.as_deref()) {
+        Ok(credentials) => credentials.permissions,
         Err(refusal) => return *refusal,
     };
     let Some(connection) = request.extensions().get::<Arc<Connection>>().cloned() else {
