@@ -257,6 +257,11 @@ impl<B: Broker> Session<B> {
     ) -> Result<Vec<Bytes>, Error> {
         let mut lost = Vec::new();
         for channel in channels {
+            // A name given twice is resumed once: a second resume would
+            // replay the gap again.
+            if self.topics.contains(&Topic::channel(channel.clone())) {
+                continue;
+            }
             match self.resume(channel.clone(), Some(since.clone())).await {
                 Reply::Error(error) => return Err(error),
                 Reply::NotRecovered(_) => lost.push(channel),

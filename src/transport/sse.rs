@@ -76,8 +76,6 @@ pub async fn stream<B: Broker>(
         Position::parse(id).ok().flatten().unwrap_or(Position { epoch: Bytes::new(), offset: 0 })
     });
     let mut channels = names.channels;
-    let mut seen = std::collections::HashSet::new();
-    channels.retain(|channel| seen.insert(channel.clone()));
     if channels.is_empty() && names.patterns.is_empty() {
         channels.push(web.config.default_channel.clone());
     }
