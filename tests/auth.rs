@@ -260,16 +260,9 @@ fn keys_rotate_through_a_secret_file_and_a_jwk_set() {
     let secrets = keys.dir.join("secrets");
     std::fs::write(&secrets, format!("{SECRET}\n  {old}  \n\n")).expect("the secret file");
     // A JWK set holding the Ed25519 public key.
-    let der = keys.dir.join("ed25519.der");
-    let status = std::process::Command::new("openssl")
-        .args(["pkey", "-pubin", "-in"])
-        .arg(keys.dir.join("ed25519.pub"))
-        .args(["-outform", "DER", "-out"])
-        .arg(&der)
-        .status()
-        .expect("openssl");
-    assert!(status.success());
-    let der = std::fs::read(&der).expect("the DER key");
+    let to_der = ["pkey", "-pubin", "-in", "ed25519.pub", "-outform", "DER", "-out", "ed25519.der"];
+    common::openssl(&keys.dir, &to_der);
+    let der = std::fs::read(keys.dir.join("ed25519.der")).expect("the DER key");
     let x = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(&der[der.len() - 32..]);
     let jwks = keys.dir.join("jwks.json");
     let set = json!({"keys": [{"kty": "OKP", "crv": "Ed25519", "x": x, "alg": "EdDSA"}]});

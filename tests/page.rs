@@ -11,6 +11,9 @@ use std::time::Duration;
 /// How long the page may take to show something the server has sent.
 const WITHIN: Duration = Duration::from_secs(20);
 
+/// The page shows its WebSocket as connected.
+const CONNECTED: &str = "document.querySelector('#status')?.textContent === 'connected'";
+
 /// Fills a form field and submits its form, as a person would.
 fn fill_and_submit(fields: &[(&str, &str)], form: &str) -> String {
     let mut script = String::new();
@@ -40,7 +43,7 @@ async fn the_page_subscribes_shows_messages_and_publishes() {
     let http = server.http();
     let browser = Browser::launch().await;
     let page = browser.open(&format!("http://{http}/")).await;
-    page.wait_for("document.querySelector('#status')?.textContent === 'connected'", WITHIN).await;
+    page.wait_for(CONNECTED, WITHIN).await;
 
     // Subscribe through the form, to a channel and to a pattern.
     page.eval(&fill_and_submit(&[("#subscribe-name", "news")], "#subscribe-form")).await;
@@ -116,7 +119,7 @@ async fn the_page_shows_a_refused_publish() {
     let server = Server::start(&["--deny-publish", "true"]);
     let browser = Browser::launch().await;
     let page = browser.open(&format!("http://{}/", server.http())).await;
-    page.wait_for("document.querySelector('#status')?.textContent === 'connected'", WITHIN).await;
+    page.wait_for(CONNECTED, WITHIN).await;
     page.eval(&fill_and_submit(
         &[("#publish-channel", "chat"), ("#publish-data", "hello")],
         "#publish-form",
@@ -138,7 +141,7 @@ async fn the_page_uses_a_token_for_its_websocket_and_its_publishes() {
     }));
     let browser = Browser::launch().await;
     let page = browser.open(&format!("http://{}/", server.http())).await;
-    page.wait_for("document.querySelector('#status')?.textContent === 'connected'", WITHIN).await;
+    page.wait_for(CONNECTED, WITHIN).await;
     // Anonymous: refused.
     page.eval(&fill_and_submit(&[("#subscribe-name", "news")], "#subscribe-form")).await;
     page.wait_for(
@@ -148,7 +151,7 @@ async fn the_page_uses_a_token_for_its_websocket_and_its_publishes() {
     .await;
     // With the token: the page reconnects, subscribes, publishes, receives.
     page.eval(&fill_and_submit(&[("#token", &token)], "#token-form")).await;
-    page.wait_for("document.querySelector('#status')?.textContent === 'connected'", WITHIN).await;
+    page.wait_for(CONNECTED, WITHIN).await;
     page.eval(&fill_and_submit(&[("#subscribe-name", "news")], "#subscribe-form")).await;
     page.wait_for(
         "document.querySelector('#subscriptions li.confirmed[data-topic=\"news\"]')",
@@ -169,7 +172,7 @@ async fn the_page_shows_ids_and_resumes_after_a_drop() {
     let http = server.http();
     let browser = Browser::launch().await;
     let page = browser.open(&format!("http://{http}/")).await;
-    page.wait_for("document.querySelector('#status')?.textContent === 'connected'", WITHIN).await;
+    page.wait_for(CONNECTED, WITHIN).await;
     page.eval(&fill_and_submit(&[("#subscribe-name", "live quiet")], "#subscribe-form")).await;
     for topic in ["live", "quiet"] {
         let confirmed = format!("#subscriptions li.confirmed[data-topic=\"{topic}\"]");
@@ -198,5 +201,5 @@ async fn the_page_shows_ids_and_resumes_after_a_drop() {
     // A channel that had no message before the drop resumes from the
     // position its SUBSCRIBE was confirmed at (version 3).
     page.wait_for(&message_shown("quiet", "first ever"), WITHIN).await;
-    page.wait_for("document.querySelector('#status')?.textContent === 'connected'", WITHIN).await;
+    page.wait_for(CONNECTED, WITHIN).await;
 }

@@ -2,7 +2,6 @@
 
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
 
 /// The HMAC secret of every test server with HMAC auth.
 pub const SECRET: &str = "a test secret that is at least 32 bytes long";
@@ -14,22 +13,8 @@ pub struct Keys {
 
 impl Keys {
     pub fn create() -> Keys {
-        let dir = std::env::temp_dir().join(format!(
-            "crier-keys-{}-{}",
-            std::process::id(),
-            super::free_port()
-        ));
-        std::fs::create_dir_all(&dir).expect("a temp dir");
-        let openssl = |args: &[&str]| {
-            let status = Command::new("openssl")
-                .args(args)
-                .current_dir(&dir)
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .status()
-                .expect("run openssl (is it installed?)");
-            assert!(status.success(), "openssl {args:?}");
-        };
+        let dir = super::temp_dir("keys");
+        let openssl = |args: &[&str]| super::openssl(&dir, args);
         for (name, args) in [
             ("rsa", &["-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048"][..]),
             ("ec256", &["-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256"][..]),

@@ -482,21 +482,30 @@ pub struct TlsFiles {
     pub dir: std::path::PathBuf,
 }
 
+/// A fresh directory under the system's temporary one, named for `what`.
+pub fn temp_dir(what: &str) -> std::path::PathBuf {
+    let name = format!("crier-{what}-{}-{}", std::process::id(), free_port());
+    let dir = std::env::temp_dir().join(name);
+    std::fs::create_dir_all(&dir).expect("a temp dir");
+    dir
+}
+
+/// Runs the `openssl` command in `dir`; panics unless it succeeds.
+pub fn openssl(dir: &std::path::Path, args: &[&str]) {
+    let status = Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .expect("run openssl (is it installed?)");
+    assert!(status.success(), "openssl {args:?}");
+}
+
 impl TlsFiles {
     pub fn create() -> TlsFiles {
-        let dir =
-            std::env::temp_dir().join(format!("crier-tls-{}-{}", std::process::id(), free_port()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let openssl = |args: &[&str]| {
-            let status = Command::new("openssl")
-                .args(args)
-                .current_dir(&dir)
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .status()
-                .expect("run openssl (is it installed?)");
-            assert!(status.success(), "openssl {args:?}");
-        };
+        let dir = temp_dir("tls");
+        let openssl = |args: &[&str]| openssl(&dir, args);
         openssl(&[
             "req",
             "-x509",
@@ -547,15 +556,9 @@ impl TlsFiles {
 
     /// Signs a new server certificate (same key, new serial) in place.
     pub fn renew_server_certificate(&self) {
-        let status = Command::new("openssl")
-            .args(["x509", "-req", "-in", "server.csr", "-CA", "ca.crt", "-CAkey", "ca.key"])
-            .args(["-CAcreateserial", "-days", "2", "-extfile", "san.ext", "-out", "server.crt"])
-            .current_dir(&self.dir)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .expect("run openssl");
-        assert!(status.success(), "openssl x509 -req");
+        let signing = ["x509", "-req", "-in", "server.csr", "-CA", "ca.crt", "-CAkey", "ca.key"];
+        let output = ["-CAcreateserial", "-days", "2", "-extfile", "san.ext", "-out", "server.crt"];
+        openssl(&self.dir, &[&signing[..], &output[..]].concat());
     }
 }
 
