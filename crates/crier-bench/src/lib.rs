@@ -16,6 +16,7 @@
 //! rusage, /proc) are `crier::sys`, shared with the server.
 
 mod http;
+mod join;
 mod net;
 mod payload;
 mod publisher;

@@ -27,6 +27,7 @@ use tokio::net::TcpStream;
 
 use super::http::{self, Endpoint};
 use super::targets::{self, Frame};
+use crate::join::{Joiner, Step};
 
 /// An event longer than this without its blank line is taken for a broken
 /// stream (crier's payloads are at most 1 MiB by default, JSON at most ~6x).
@@ -127,9 +128,7 @@ pub async fn handshake(
 #[derive(Debug)]
 pub struct Dechunker {
     body: Body,
-    stream_len: usize,
-    /// Data bytes of the current chunk not yet in the buffer.
-    remaining: usize,
+    joiner: Joiner,
     /// A chunk's data began: its CRLF comes before the next size line.
     after_data: bool,
     /// The last chunk (size 0) arrived.
@@ -138,12 +137,12 @@ pub struct Dechunker {
 
 impl Dechunker {
     pub fn new(body: Body) -> Self {
-        Dechunker { body, stream_len: 0, remaining: 0, after_data: false, ended: false }
+        Dechunker { body, joiner: Joiner::default(), after_data: false, ended: false }
     }
 
     /// Stream bytes at the front of the buffer.
     pub fn stream_len(&self) -> usize {
-        self.stream_len
+        self.joiner.stream_len()
     }
 
     /// Moves the data of the chunks after the stream bytes down to join
@@ -151,56 +150,33 @@ impl Dechunker {
     /// after the data before it has been joined.
     pub fn dechunk(&mut self, buf: &mut BytesMut) -> Result<()> {
         if self.body == Body::UntilClose {
-            self.stream_len = buf.len();
+            self.joiner.take_all(buf);
             return Ok(());
         }
-        let end = buf.len();
-        let (mut r, mut w) = (self.stream_len, self.stream_len);
-        let result = loop {
-            if self.remaining > 0 {
-                let n = self.remaining.min(end - r);
-                if n == 0 {
-                    break Ok(());
-                }
-                if r != w {
-                    buf.copy_within(r..r + n, w);
-                }
-                r += n;
-                w += n;
-                self.remaining -= n;
-                continue;
+        let (after_data, ended) = (&mut self.after_data, &mut self.ended);
+        self.joiner.join(buf, |unread| {
+            if *ended {
+                return Step::Stop(Err(anyhow!("the server ended the event stream (last chunk)")));
             }
-            if self.ended {
-                break Err(anyhow!("the server ended the event stream (last chunk)"));
-            }
-            match chunk_head(&buf[r..end], self.after_data) {
+            match chunk_head(unread, *after_data) {
                 Ok(Some((0, _))) => {
                     // Trailers, if any, are not read: the stream is over.
-                    r = end;
-                    self.ended = true;
+                    *ended = true;
+                    Step::Skip(unread.len())
                 }
                 Ok(Some((size, used))) => {
-                    r += used;
-                    self.remaining = size;
-                    self.after_data = true;
+                    *after_data = true;
+                    Step::Data { len: used, data: size }
                 }
-                Ok(None) => break Ok(()),
-                Err(e) => break Err(e),
+                Ok(None) => Step::Incomplete,
+                Err(e) => Step::Stop(Err(e)),
             }
-        };
-        // The unfinished chunk header (if any) follows the stream at once.
-        if r != w {
-            buf.copy_within(r..end, w);
-            buf.truncate(w + (end - r));
-        }
-        self.stream_len = w;
-        result
+        })
     }
 
     /// The first `n` stream bytes were used: drops them.
     pub fn consume(&mut self, buf: &mut BytesMut, n: usize) {
-        bytes::Buf::advance(buf, n);
-        self.stream_len -= n;
+        self.joiner.consume(buf, n);
     }
 }
 

@@ -16,6 +16,7 @@ use bytes::BytesMut;
 use tokio::net::TcpStream;
 
 use super::http::{self, Endpoint};
+use crate::join::{Joiner, Step};
 
 pub const OP_CONTINUATION: u8 = 0x0;
 pub const OP_TEXT: u8 = 0x1;
@@ -169,15 +170,13 @@ pub enum Control<'a> {
 /// one stream, as NATS over WebSocket wants.
 #[derive(Debug, Default)]
 pub struct Deframer {
-    stream_len: usize,
-    /// Payload bytes of the current data frame not yet in the buffer.
-    remaining: usize,
+    joiner: Joiner,
 }
 
 impl Deframer {
     /// Stream bytes at the front of the buffer.
     pub fn stream_len(&self) -> usize {
-        self.stream_len
+        self.joiner.stream_len()
     }
 
     /// Moves the data payloads of the frames after the stream bytes down to
@@ -187,59 +186,34 @@ impl Deframer {
         buf: &mut BytesMut,
         mut ctl: impl FnMut(Control<'_>) -> Result<()>,
     ) -> Result<()> {
-        let end = buf.len();
-        let (mut r, mut w) = (self.stream_len, self.stream_len);
-        let result = loop {
-            if self.remaining > 0 {
-                let n = self.remaining.min(end - r);
-                if n == 0 {
-                    break Ok(());
-                }
-                if r != w {
-                    buf.copy_within(r..r + n, w);
-                }
-                r += n;
-                w += n;
-                self.remaining -= n;
-                continue;
-            }
-            let h = match parse_head(&buf[r..end]) {
+        self.joiner.join(buf, |unread| {
+            let h = match parse_head(unread) {
                 Ok(Some(h)) => h,
-                Ok(None) => break Ok(()),
-                Err(e) => break Err(e),
+                Ok(None) => return Step::Incomplete,
+                Err(e) => return Step::Stop(Err(e)),
             };
             if !h.is_control() {
-                r += h.head_len;
-                self.remaining = h.len;
-                continue;
+                return Step::Data { len: h.head_len, data: h.len };
             }
-            if end - r < h.frame_len() {
-                break Ok(());
+            if unread.len() < h.frame_len() {
+                return Step::Incomplete;
             }
-            let payload = &buf[r + h.head_len..r + h.frame_len()];
+            let payload = &unread[h.head_len..h.frame_len()];
             let c = match h.opcode {
                 OP_PING => Control::Ping(payload),
                 OP_PONG => Control::Pong,
                 _ => Control::Close(payload),
             };
-            r += h.frame_len();
-            if let Err(e) = ctl(c) {
-                break Err(e);
+            match ctl(c) {
+                Ok(()) => Step::Skip(h.frame_len()),
+                Err(e) => Step::Stop(Err(e)),
             }
-        };
-        // The unfinished frame start (if any) follows the stream at once.
-        if r != w {
-            buf.copy_within(r..end, w);
-            buf.truncate(w + (end - r));
-        }
-        self.stream_len = w;
-        result
+        })
     }
 
     /// The first `n` stream bytes were used: drops them.
     pub fn consume(&mut self, buf: &mut BytesMut, n: usize) {
-        bytes::Buf::advance(buf, n);
-        self.stream_len -= n;
+        self.joiner.consume(buf, n);
     }
 }
 
