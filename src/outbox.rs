@@ -205,6 +205,11 @@ impl<S: ?Sized + Sink> Outbox<S> {
         sync::lock(&self.state)
     }
 
+    /// The push form now (its version changes with `HELLO`).
+    pub fn form(&self) -> Form {
+        self.state().form
+    }
+
     /// Whether the connection was cut off as a slow consumer.
     pub fn was_cut_off(&self) -> bool {
         self.cut.load(Ordering::Acquire)

@@ -38,8 +38,6 @@ pub struct Session<B: Broker> {
     config: Arc<Config>,
     outbox: Arc<Outbox>,
     framing: Framing,
-    /// The push form's version (`HELLO`): version 3 confirms with positions.
-    version: Version,
     /// What the connection may do: the anonymous permissions, or a token's.
     permissions: Arc<Permissions>,
     /// What this connection is subscribed to, channels and patterns. A `Vec`:
@@ -66,7 +64,6 @@ impl<B: Broker> Session<B> {
             config,
             outbox,
             framing,
-            version: Version::V1,
             permissions,
             topics: Vec::new(),
             flush: Flush::default(),
@@ -119,7 +116,6 @@ impl<B: Broker> Session<B> {
                 self.resume(channel, since).await;
             }
             Command::Hello(Hello::Supported(version)) => {
-                self.version = version;
                 let reply = self.framing.reply(&Reply::Confirmed).unwrap_or_default();
                 self.outbox.push_and_switch(reply, version, &mut self.flush);
             }
@@ -229,7 +225,8 @@ impl<B: Broker> Session<B> {
         self.outbox.hold();
         let reply = match self.broker.subscribe(topic, &self.outbox).await {
             Ok(subscribed) => {
-                let reply = match (&subscribed.topic.kind, self.version) {
+                // Version 3 (the outbox's push form) confirms with positions.
+                let reply = match (&subscribed.topic.kind, self.outbox.form().version) {
                     (Kind::Channel, Version::V3) => {
                         Reply::ConfirmedAt(id_or_dash(subscribed.position))
                     }
