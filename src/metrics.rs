@@ -160,11 +160,6 @@ impl Metrics {
         self.closed.get_or_create(&[("transport", listener), ("reason", closed.as_str())]).inc();
     }
 
-    /// Open connections of all transports.
-    pub fn open_connections(&self) -> i64 {
-        self.connections.iter().map(Gauge::get).sum()
-    }
-
     /// The text exposition.
     pub fn render(&self) -> String {
         let mut out = String::new();

@@ -78,7 +78,7 @@ impl Memory {
     }
 
     /// Whether `channel` keeps history.
-    pub fn keeps(&self, channel: &[u8]) -> bool {
+    fn keeps(&self, channel: &[u8]) -> bool {
         self.settings.size > 0
             && self
                 .settings

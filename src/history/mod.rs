@@ -14,8 +14,6 @@ pub mod memory;
 
 use bytes::Bytes;
 
-pub use memory::Memory;
-
 use crate::protocol::reply::Error;
 
 /// Longest epoch accepted in an id.
