@@ -14,6 +14,7 @@
 //! watched: no read buffer while idle, a small task (cold paths are boxed,
 //! read readiness is polled without a waiter node).
 
+use bytes::Bytes;
 use std::future::poll_fn;
 use std::io;
 use std::sync::Arc;
@@ -95,7 +96,10 @@ pub async fn serve<B: Broker, S: Socket>(
     let reading = async {
         let (reason, violation) = read(&mut session, &mut decoder, socket, &closed).await;
         cause.set(reason);
-        last_words(&mut session, &decoder, reason);
+        if let Some(close) = last_words(framing, reason) {
+            // Refused if the connection was cut off meanwhile: it got its own.
+            session.send(close);
+        }
         session.end();
         closed.cancel();
         if violation {
@@ -106,20 +110,20 @@ pub async fn serve<B: Broker, S: Socket>(
     cause.get_or(Closed::Shutdown)
 }
 
-/// What the framing says before the connection closes: a WebSocket close
-/// frame with the code for `reason` (refused if the connection was cut off
-/// meanwhile: it got its own).
-fn last_words<B: Broker>(session: &mut Session<B>, decoder: &Decoder, reason: Closed) {
-    if let Decoder::WebSocket(_) = decoder {
-        let code = match reason {
-            Closed::Shutdown => CloseCode::GoingAway,
-            Closed::LineTooLong => CloseCode::TooBig,
-            Closed::ProtocolError => CloseCode::Protocol,
-            Closed::TokenExpired => CloseCode::Policy,
-            _ => CloseCode::Normal,
-        };
-        session.send(websocket::close(code));
+/// What the framing says before the connection closes for `reason`: a
+/// WebSocket close frame with its code; nothing for the line protocol.
+fn last_words(framing: Framing, reason: Closed) -> Option<Bytes> {
+    if framing != Framing::WebSocket {
+        return None;
     }
+    let code = match reason {
+        Closed::Shutdown => CloseCode::GoingAway,
+        Closed::LineTooLong => CloseCode::TooBig,
+        Closed::ProtocolError => CloseCode::Protocol,
+        Closed::TokenExpired | Closed::SlowConsumer => CloseCode::Policy,
+        _ => CloseCode::Normal,
+    };
+    Some(websocket::close(code))
 }
 
 /// Feeds the client's commands to the session until the client leaves,
@@ -251,8 +255,8 @@ async fn cut_off<S: Socket>(
     if let Some(error) = framing.reply(&Reply::Error(Error::SlowConsumer)) {
         batch.push(error);
     }
-    if framing == Framing::WebSocket {
-        batch.push(websocket::close(CloseCode::Policy));
+    if let Some(close) = last_words(framing, Closed::SlowConsumer) {
+        batch.push(close);
     }
     let _ = tokio::time::timeout(GRACE, write_all(sink, &mut batch)).await;
 }
