@@ -74,10 +74,10 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 None => None,
             };
             let shutdown = CancellationToken::new();
-            let signals = tokio::spawn(crier::server::shutdown::on_signal(shutdown.clone()));
+            let signals = tokio::spawn(crier::server::shutdown::on_signal(shutdown.clone())?);
             let served = crier::server::run(config, listener, http, shutdown.clone()).await;
             shutdown.cancel();
-            signals.await??;
+            signals.await?;
             served
         }
         Command::Client { addr, security } => interactive::run(&addr, &security).await,

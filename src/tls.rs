@@ -83,21 +83,29 @@ impl Tls {
     }
 }
 
-/// Reloads the certificate on every SIGHUP until `stop` (without TLS, a
-/// SIGHUP is only logged: it must not end the process).
-pub async fn reload_on_hangup(tls: Option<Tls>, stop: tokio_util::sync::CancellationToken) {
+/// Watches SIGHUP from now on (the handler is installed before this
+/// returns, so a SIGHUP right after start cannot kill the process), and
+/// reloads the certificate on each until `stop`; without TLS a SIGHUP is
+/// only logged.
+pub fn reload_on_hangup(
+    tls: Option<Tls>,
+    stop: tokio_util::sync::CancellationToken,
+) -> impl std::future::Future<Output = ()> {
     use tokio::signal::unix::{SignalKind, signal};
-    let Ok(mut hangups) = signal(SignalKind::hangup()) else {
-        return tracing::warn!("tls: cannot watch SIGHUP; certificates will not be reloaded");
-    };
-    loop {
-        tokio::select! {
-            _ = hangups.recv() => match tls.as_ref().map(Tls::reload) {
-                Some(Ok(())) => tracing::info!("tls: certificate reloaded"),
-                Some(Err(error)) => tracing::warn!("tls: reload failed, keeping the current certificate: {error:#}"),
-                None => tracing::info!("SIGHUP: nothing to reload (no --tls-cert)"),
-            },
-            _ = stop.cancelled() => return,
+    let hangups = signal(SignalKind::hangup());
+    async move {
+        let Ok(mut hangups) = hangups else {
+            return tracing::warn!("tls: cannot watch SIGHUP; certificates will not be reloaded");
+        };
+        loop {
+            tokio::select! {
+                _ = hangups.recv() => match tls.as_ref().map(Tls::reload) {
+                    Some(Ok(())) => tracing::info!("tls: certificate reloaded"),
+                    Some(Err(error)) => tracing::warn!("tls: reload failed, keeping the current certificate: {error:#}"),
+                    None => tracing::info!("SIGHUP: nothing to reload (no --tls-cert)"),
+                },
+                _ = stop.cancelled() => return,
+            }
         }
     }
 }

@@ -54,7 +54,8 @@ pub async fn run(
             closing.cancel();
         }
     });
-    // Always watched: an unhandled SIGHUP would kill the process.
+    // Always watched, from before the server says it listens: an unhandled
+    // SIGHUP would kill the process.
     tokio::spawn(crate::tls::reload_on_hangup(config.tls.clone(), closing.clone()));
     let listeners = Listeners { line: listener, http, draining: shutdown, closing };
     match &config.redis {

@@ -3,18 +3,23 @@
 use tokio::signal::unix::{SignalKind, signal};
 use tokio_util::sync::CancellationToken;
 
-/// Cancels `token` on the first SIGINT or SIGTERM.
-pub async fn on_signal(token: CancellationToken) -> std::io::Result<()> {
+/// Cancels `token` on the first SIGINT or SIGTERM. The handlers are
+/// installed before this returns (not when the future is first polled), so
+/// a signal sent as soon as the server says it listens is caught.
+pub fn on_signal(
+    token: CancellationToken,
+) -> std::io::Result<impl std::future::Future<Output = ()>> {
     let mut interrupt = signal(SignalKind::interrupt())?;
     let mut terminate = signal(SignalKind::terminate())?;
-    let name = tokio::select! {
-        _ = interrupt.recv() => "SIGINT",
-        _ = terminate.recv() => "SIGTERM",
-        _ = token.cancelled() => return Ok(()),
-    };
-    tracing::info!("{name} received, shutting down");
-    token.cancel();
-    Ok(())
+    Ok(async move {
+        let name = tokio::select! {
+            _ = interrupt.recv() => "SIGINT",
+            _ = terminate.recv() => "SIGTERM",
+            _ = token.cancelled() => return,
+        };
+        tracing::info!("{name} received, shutting down");
+        token.cancel();
+    })
 }
 
 /// Resolves at the next SIGINT or SIGTERM (during the shutdown delay, a
