@@ -178,7 +178,7 @@ pub struct Config {
     pub auth: Arc<Auth>,
     /// Certificate and key of both listeners, when TLS is on.
     pub tls: Option<Tls>,
-    pub history: history::memory::Settings,
+    pub history: history::Settings,
 }
 
 impl Default for Config {
@@ -197,7 +197,7 @@ impl Default for Config {
             max_connections: 10_000,
             auth: Arc::new(Auth::off(false)),
             tls: None,
-            history: history::memory::Settings {
+            history: history::Settings {
                 size: 0,
                 ttl: std::time::Duration::from_secs(3600),
                 channels: None,
@@ -280,7 +280,7 @@ impl ServeArgs {
                 (None, None) => None,
                 _ => bail!("--tls-cert and --tls-key go together"),
             },
-            history: history::memory::Settings {
+            history: history::Settings {
                 size: self.history_size.or(file.history_size).unwrap_or(default.history.size),
                 ttl: self
                     .history_ttl

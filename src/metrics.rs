@@ -62,6 +62,9 @@ pub struct Metrics {
     /// 1 while the Redis backend is connected (always 0 with the embedded one).
     pub redis_connected: Gauge,
     pub redis_reconnects: Counter,
+    /// Gap signals: a channel or pattern whose subscribers were told that
+    /// messages may have been lost.
+    pub redis_gaps: Counter,
     pub http_publishes: Counter,
     /// Payload bytes kept in the embedded history.
     pub history_bytes: Gauge,
@@ -123,6 +126,12 @@ impl Metrics {
             "Times the Redis connection was lost and reopened",
             redis_reconnects.clone(),
         );
+        let redis_gaps = Counter::default();
+        registry.register(
+            "redis_gaps",
+            "Channels and patterns whose subscribers were told messages may be lost (Redis cut this node off)",
+            redis_gaps.clone(),
+        );
         let history_bytes = Gauge::default();
         registry.register(
             "history_bytes",
@@ -138,6 +147,7 @@ impl Metrics {
             channels,
             redis_connected,
             redis_reconnects,
+            redis_gaps,
             http_publishes,
         }
     }

@@ -106,8 +106,14 @@ impl<S: ?Sized + Sink> std::fmt::Debug for Outbox<S> {
 #[derive(Debug)]
 enum Entry {
     Frame(Bytes),
-    Hold,
+    Hold(Hold),
 }
+
+/// The ticket of a held place: replies may be known in another order than
+/// their places (a pipelined `PUBLISH` answered by Redis after a later
+/// `SUBSCRIBE` was), so each release names its place.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Hold(u32);
 
 #[derive(Debug)]
 struct State {
@@ -119,6 +125,8 @@ struct State {
     pending: usize,
     /// `Entry::Hold`s in `queue`.
     holds: usize,
+    /// The next hold's ticket.
+    tickets: u32,
     /// A writer (a producer's flush or the writer task) holds frames taken
     /// from the queue.
     writing: bool,
@@ -168,6 +176,7 @@ impl<S: Sink> Outbox<S> {
             queue: VecDeque::new(),
             pending: 0,
             holds: 0,
+            tickets: 0,
             writing: false,
             form: Form::new(framing),
             status: Status::Open,
@@ -222,20 +231,24 @@ impl<S: ?Sized + Sink> Outbox<S> {
     }
 
     /// Reserves the place of the next reply; see the module documentation.
-    pub fn hold(&self) {
+    pub fn hold(&self) -> Hold {
         let mut state = self.state();
+        let hold = Hold(state.tickets);
+        state.tickets = state.tickets.wrapping_add(1);
         if state.status == Status::Open {
-            state.queue.push_back(Entry::Hold);
+            state.queue.push_back(Entry::Hold(hold));
             state.holds += 1;
         }
+        hold
     }
 
-    /// Puts `reply` in the place of the oldest hold (or, with `None`, just
-    /// drops the hold) and lets the writer go on.
-    pub fn release(&self, reply: Option<Bytes>) {
+    /// Puts `reply` in the place of `hold` (or, with `None`, just drops the
+    /// hold) and lets the writer go on.
+    pub fn release(&self, hold: Hold, reply: Option<Bytes>) {
         let mut state = self.state();
         if state.status == Status::Open
-            && let Some(at) = state.queue.iter().position(|e| matches!(e, Entry::Hold))
+            && let Some(at) =
+                state.queue.iter().position(|e| matches!(e, Entry::Hold(h) if *h == hold))
         {
             state.holds -= 1;
             match reply {
@@ -259,7 +272,7 @@ impl<S: ?Sized + Sink> Outbox<S> {
         let mut state = self.state();
         if state.status == Status::Open {
             state.status = Status::Closing;
-            state.queue.retain(|entry| !matches!(entry, Entry::Hold));
+            state.queue.retain(|entry| !matches!(entry, Entry::Hold(_)));
             state.holds = 0;
         }
         drop(state);
@@ -352,6 +365,30 @@ impl Outbox {
             state.accept(frame, self.max_pending)
         };
         self.accepted(accepted, flush)
+    }
+
+    /// Tells the connection that messages of the channel (or pattern) `name`
+    /// may have been lost (Redis cut this node off): the form's gap signal,
+    /// in order with the messages. A version 1 connection gets nothing: its
+    /// pushes are bare payloads, and any signal would read as a message.
+    pub fn gap(
+        self: &Arc<Self>,
+        active: &AtomicBool,
+        name: &[u8],
+        pattern: bool,
+        flush: &mut Flush,
+    ) {
+        let accepted = {
+            let mut state = self.state();
+            if state.unsubscribed && !active.load(Ordering::Relaxed) {
+                return;
+            }
+            match state.form.gap(name, pattern) {
+                Some(frame) => state.accept(frame, self.max_pending),
+                None => return,
+            }
+        };
+        self.accepted(accepted, flush);
     }
 
     /// Called when one of this connection's subscriptions ends, after its
@@ -463,7 +500,7 @@ impl State {
             // With no writer, every pending byte is queued.
             batch.bytes = self.pending;
         } else {
-            let before = self.queue.iter().position(|e| matches!(e, Entry::Hold)).unwrap_or(0);
+            let before = self.queue.iter().position(|e| matches!(e, Entry::Hold(_))).unwrap_or(0);
             batch.entries.extend(self.queue.drain(..before));
             batch.bytes = batch.rest.as_ref().map_or(0, Bytes::len)
                 + batch.entries.iter().map(Entry::len).sum::<usize>();
@@ -487,7 +524,7 @@ impl State {
     fn check(&self) {
         debug_assert_eq!(
             self.holds,
-            self.queue.iter().filter(|e| matches!(e, Entry::Hold)).count()
+            self.queue.iter().filter(|e| matches!(e, Entry::Hold(_))).count()
         );
         let queued = self.rest.as_ref().map_or(0, Bytes::len)
             + self.queue.iter().map(Entry::len).sum::<usize>();
@@ -499,7 +536,7 @@ impl Entry {
     fn bytes(&self) -> &[u8] {
         match self {
             Entry::Frame(frame) => frame,
-            Entry::Hold => {
+            Entry::Hold(_) => {
                 debug_assert!(false, "a hold is never taken into a batch");
                 &[]
             }
@@ -509,7 +546,7 @@ impl Entry {
     fn len(&self) -> usize {
         match self {
             Entry::Frame(frame) => frame.len(),
-            Entry::Hold => 0,
+            Entry::Hold(_) => 0,
         }
     }
 }
@@ -601,7 +638,7 @@ impl Batch {
                 Some(frame) => frame,
                 None => match self.entries.pop_front() {
                     Some(Entry::Frame(frame)) => frame,
-                    Some(Entry::Hold) => continue,
+                    Some(Entry::Hold(_)) => continue,
                     None => return,
                 },
             };
@@ -732,13 +769,25 @@ mod tests {
     async fn a_held_reply_goes_before_what_was_pushed_after_it() {
         let outbox = outbox(100);
         push(&outbox, "before");
-        outbox.hold();
+        let hold = outbox.hold();
         push(&outbox, "message");
         assert_eq!(take(&outbox).await, (Next::Write, vec![b"before".to_vec()]));
         outbox.written(6);
-        outbox.release(Some(Bytes::from("CONFIRMED")));
+        outbox.release(hold, Some(Bytes::from("CONFIRMED")));
         let (next, frames) = take(&outbox).await;
         assert_eq!((next, frames), (Next::Write, vec![b"CONFIRMED".to_vec(), b"message".to_vec()]));
+    }
+
+    #[tokio::test]
+    async fn replies_released_out_of_order_keep_their_places() {
+        // A pipelined PUBLISH answered after a later SUBSCRIBE's CONFIRMED.
+        let outbox = outbox(100);
+        let first = outbox.hold();
+        let second = outbox.hold();
+        outbox.release(second, Some(Bytes::from("second")));
+        outbox.release(first, Some(Bytes::from("first")));
+        let (next, frames) = take(&outbox).await;
+        assert_eq!((next, frames), (Next::Write, vec![b"first".to_vec(), b"second".to_vec()]));
     }
 
     #[tokio::test]
@@ -747,10 +796,10 @@ mod tests {
         // off truncated the queue under it and the release panicked.
         let outbox = outbox(10);
         push(&outbox, "12345");
-        outbox.hold();
+        let hold = outbox.hold();
         assert!(push(&outbox, "6789"));
         assert!(!push(&outbox, "overflow"), "over budget");
-        outbox.release(Some(Bytes::from("CONFIRMED")));
+        outbox.release(hold, Some(Bytes::from("CONFIRMED")));
         assert_eq!(take(&outbox).await, (Next::CutOff, vec![]));
     }
 

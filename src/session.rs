@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use crate::auth::{Action, Permissions};
-use crate::broker::{Broker, Kind, Topic};
+use crate::broker::{Broker, Kind, Published, Topic, Waiter};
 use crate::config::Config;
 use crate::history::{Position, Resumed};
 use crate::metrics;
@@ -101,15 +101,17 @@ impl<B: Broker> Session<B> {
                 }
             }
             Command::Publish { channel, payload } => {
-                let reply = if !self.permissions.allows(Action::Publish, &channel) {
-                    Reply::Error(Error::Forbidden)
+                if !self.permissions.allows(Action::Publish, &channel) {
+                    self.reply(Error::Forbidden.into());
                 } else {
-                    match self.broker.publish(channel, payload, &mut self.flush).await {
-                        Ok(()) => Reply::Confirmed,
-                        Err(error) => Reply::Error(error),
+                    let waiter = Waiter::Session(&self.outbox, self.framing);
+                    match self.broker.publish(channel, payload, &mut self.flush, waiter).await {
+                        Published::Done(Ok(())) => self.reply(Reply::Confirmed),
+                        Published::Done(Err(error)) => self.reply(error.into()),
+                        // The reply comes in the place the broker held.
+                        Published::Queued | Published::Pending(_) => {}
                     }
-                };
-                self.reply(reply);
+                }
             }
             Command::Ping(text) => self.reply(Reply::Pong(text)),
             Command::Resume { channel, since } => {
@@ -222,7 +224,7 @@ impl<B: Broker> Session<B> {
         self.record(topic.clone());
         // Messages that arrive while the broker confirms queue up behind the
         // reply, so the client sees CONFIRMED first.
-        self.outbox.hold();
+        let hold = self.outbox.hold();
         let reply = match self.broker.subscribe(topic, &self.outbox).await {
             Ok(subscribed) => {
                 // Version 3 (the outbox's push form) confirms with positions.
@@ -240,7 +242,7 @@ impl<B: Broker> Session<B> {
                 Reply::Error(error)
             }
         };
-        self.outbox.release(self.framing.reply(&reply));
+        self.outbox.release(hold, self.framing.reply(&reply));
         reply
     }
 
@@ -280,7 +282,7 @@ impl<B: Broker> Session<B> {
             self.record(topic.clone());
         }
         // The replayed messages queue behind the reply's place.
-        self.outbox.hold();
+        let hold = self.outbox.hold();
         let resumed =
             self.broker.resume(topic, since, subscribed, &self.outbox, &mut self.flush).await;
         let reply = match resumed {
@@ -300,7 +302,7 @@ impl<B: Broker> Session<B> {
                 Reply::Error(error)
             }
         };
-        self.outbox.release(self.framing.reply(&reply));
+        self.outbox.release(hold, self.framing.reply(&reply));
         reply
     }
 

@@ -9,8 +9,9 @@ use std::sync::Arc;
 
 use std::sync::atomic::AtomicBool;
 
-use super::{Broker, Kind, Registry, Subscribed, Topic};
-use crate::history::memory::{Memory, Settings};
+use super::{Broker, Kind, Published, Registry, Subscribed, Topic, Waiter};
+use crate::history::Settings;
+use crate::history::memory::Memory;
 use crate::history::{Position, Resumed};
 use crate::outbox::{ConnId, Flush, Outbox};
 use crate::protocol::Form;
@@ -94,7 +95,8 @@ impl Broker for Embedded {
         channel: Bytes,
         payload: Bytes,
         flush: &mut Flush,
-    ) -> Result<(), Error> {
+        _waiter: Waiter<'_>,
+    ) -> Published {
         let kept = self.history.with_ring(&channel, |ring| {
             let id = self.history.append(ring, payload.clone()).id();
             self.registry.publish(&channel, &payload, Some(&id), flush);
@@ -105,16 +107,16 @@ impl Broker for Embedded {
                 self.registry.publish(&channel, &payload, None, flush);
             }
         }
-        Ok(())
+        Published::Done(Ok(()))
     }
 
-    fn history(
+    async fn history(
         &self,
         channel: &Bytes,
         since: Option<&Position>,
         limit: usize,
-    ) -> Option<(Position, Vec<(Position, Bytes)>)> {
-        self.history.read(channel, since, limit)
+    ) -> Result<Option<(Position, Vec<(Position, Bytes)>)>, Error> {
+        Ok(self.history.read(channel, since, limit))
     }
 
     fn history_bytes(&self) -> usize {

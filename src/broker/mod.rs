@@ -15,13 +15,48 @@ pub mod registry;
 use bytes::Bytes;
 use std::future::Future;
 use std::sync::Arc;
+use tokio::sync::oneshot;
 
 pub use embedded::Embedded;
 pub use registry::Registry;
 
 use crate::history::{Position, Resumed};
 use crate::outbox::{ConnId, Flush, Outbox};
+use crate::protocol::Framing;
 use crate::protocol::reply::Error;
+
+/// Who waits for a publish's outcome.
+pub enum Waiter<'a> {
+    /// The caller, which awaits it (`POST /publish`).
+    Caller,
+    /// A session's `PUBLISH`: when the outcome is not known at once, the
+    /// reply takes a place held in the session's outbox, and the connection
+    /// goes on reading commands meanwhile (pipelining).
+    Session(&'a Arc<Outbox>, Framing),
+}
+
+/// What became of a publish.
+#[derive(Debug)]
+pub enum Published {
+    /// Done: the outcome.
+    Done(Result<(), Error>),
+    /// Sent on; the reply will fill the place held in the session's outbox.
+    Queued,
+    /// Sent on; the outcome comes here.
+    Pending(oneshot::Receiver<Result<(), Error>>),
+}
+
+impl Published {
+    /// The outcome, for a caller that waits (a `Queued` one is the
+    /// session's to answer).
+    pub async fn outcome(self) -> Result<(), Error> {
+        match self {
+            Published::Done(outcome) => outcome,
+            Published::Queued => Ok(()),
+            Published::Pending(outcome) => outcome.await.unwrap_or(Err(Error::BackendUnavailable)),
+        }
+    }
+}
 
 /// A subscription made: the topic as the broker stores it, and for a
 /// channel that keeps history, the position of its last message (a client
@@ -86,23 +121,27 @@ pub trait Broker: Send + Sync + 'static {
     fn unsubscribe(&self, topic: &Topic, id: ConnId);
 
     /// Publishes `payload` to `channel`. Local deliveries it makes are queued
-    /// on `flush`, which the caller runs when its burst of commands ends.
+    /// on `flush`, which the caller runs when its burst of commands ends; the
+    /// outcome goes to `waiter` (see [`Published`]). Waits only when the
+    /// backend's queue to Redis is full.
     fn publish(
         &self,
         channel: Bytes,
         payload: Bytes,
         flush: &mut Flush,
-    ) -> impl Future<Output = Result<(), Error>> + Send;
+        waiter: Waiter<'_>,
+    ) -> impl Future<Output = Published> + Send;
 
     /// Up to `limit` kept messages of `channel` after `since` (all kept
-    /// without it), and the channel's position; `None` for a channel
-    /// without history.
+    /// without it, or when it is of another epoch), and the channel's
+    /// position; `None` for a channel without history.
+    #[allow(clippy::type_complexity)]
     fn history(
         &self,
         channel: &Bytes,
         since: Option<&Position>,
         limit: usize,
-    ) -> Option<(Position, Vec<(Position, Bytes)>)>;
+    ) -> impl Future<Output = Result<Option<(Position, Vec<(Position, Bytes)>)>, Error>> + Send;
 
     /// Payload bytes this node keeps in history (for `/metrics`).
     fn history_bytes(&self) -> usize;

@@ -169,14 +169,21 @@ impl Registry {
         }
     }
 
-    /// Delivers to the subscribers of `channel` by name only (a Redis `message`).
+    /// Delivers to the subscribers of `channel` by name only (a Redis
+    /// `message`), with the message's `id` when the channel keeps history.
     /// Like every delivery, it queues: the caller runs `flush` when its burst ends.
-    pub fn deliver_channel(&self, channel: &[u8], payload: &[u8], flush: &mut Flush) -> usize {
+    pub fn deliver_channel(
+        &self,
+        channel: &[u8],
+        payload: &[u8],
+        id: Option<&[u8]>,
+        flush: &mut Flush,
+    ) -> usize {
         metrics::MESSAGES.add(1);
         let Some(snapshot) = read(&self.channels).get(channel).map(|e| e.snapshot()) else {
             return 0;
         };
-        counted(Frames::new(channel, payload, None).deliver(None, &snapshot, flush))
+        counted(Frames::new(channel, payload, id).deliver(None, &snapshot, flush))
     }
 
     /// Delivers to the subscribers of `pattern` only (a Redis `pmessage`).
@@ -185,13 +192,28 @@ impl Registry {
         pattern: &[u8],
         channel: &[u8],
         payload: &[u8],
+        id: Option<&[u8]>,
         flush: &mut Flush,
     ) -> usize {
         metrics::MESSAGES.add(1);
         let Some(snapshot) = read(&self.patterns).by_name.get(pattern).map(|e| e.snapshot()) else {
             return 0;
         };
-        counted(Frames::new(channel, payload, None).deliver(Some(pattern), &snapshot, flush))
+        counted(Frames::new(channel, payload, id).deliver(Some(pattern), &snapshot, flush))
+    }
+
+    /// Tells every subscriber of `topic` that messages may have been lost
+    /// (see [`Outbox::gap`]).
+    pub fn gap(&self, topic: &Topic, flush: &mut Flush) {
+        let entry = match topic.kind {
+            Kind::Channel => read(&self.channels).get(&topic.name).cloned(),
+            Kind::Pattern => read(&self.patterns).by_name.get(&topic.name).cloned(),
+        };
+        let Some(entry) = entry else { return };
+        let pattern = topic.kind == Kind::Pattern;
+        for subscription in entry.snapshot().iter() {
+            subscription.outbox.gap(&subscription.active, &topic.name, pattern, flush);
+        }
     }
 
     /// Delivers to the subscribers of `channel` and of every matching pattern

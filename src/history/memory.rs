@@ -14,23 +14,10 @@ use bytes::Bytes;
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use super::{Position, Resumed};
-use crate::broker::glob::Glob;
+use super::{Position, Resumed, Settings};
 use crate::sync::{lock, read, write};
-
-/// The history settings.
-#[derive(Debug, Clone)]
-pub struct Settings {
-    /// Messages kept per channel; 0: history is off.
-    pub size: usize,
-    pub ttl: Duration,
-    /// Channels that keep history; `None`: all.
-    pub channels: Option<Vec<Glob>>,
-    /// Payload bytes kept in all.
-    pub max_bytes: usize,
-}
 
 /// See the module documentation.
 #[derive(Debug)]
@@ -77,16 +64,6 @@ impl Memory {
         }
     }
 
-    /// Whether `channel` keeps history.
-    fn keeps(&self, channel: &[u8]) -> bool {
-        self.settings.size > 0
-            && self
-                .settings
-                .channels
-                .as_ref()
-                .is_none_or(|globs| globs.iter().any(|g| g.matches(channel)))
-    }
-
     /// Runs `f` on the locked ring of a channel that keeps history (made,
     /// with a new epoch, if it has none); `None` for a channel without.
     pub fn with_ring<T>(&self, channel: &Bytes, f: impl FnOnce(&mut Ring) -> T) -> Option<T> {
@@ -100,7 +77,7 @@ impl Memory {
     }
 
     fn ring(&self, channel: &Bytes) -> Option<Arc<Mutex<Ring>>> {
-        if !self.keeps(channel) {
+        if !self.settings.keeps(channel) {
             return None;
         }
         if let Some(ring) = read(&self.rings).get(channel) {
@@ -208,7 +185,7 @@ impl Memory {
         since: Option<&Position>,
         limit: usize,
     ) -> Option<(Position, Vec<(Position, Bytes)>)> {
-        if !self.keeps(channel) {
+        if !self.settings.keeps(channel) {
             return None;
         }
         // Reading makes no ring: a client naming ever new channels must not
@@ -278,6 +255,7 @@ fn new_epoch() -> Bytes {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     fn memory(size: usize, max_bytes: usize) -> Memory {
         Memory::new(Settings { size, ttl: Duration::from_secs(3600), channels: None, max_bytes })

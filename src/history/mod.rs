@@ -8,13 +8,37 @@
 //! `<epoch>:<offset>`; `-` stands for "no history".
 //!
 //! `memory`: the embedded backend's history, a ring per channel in this
-//! process.
+//! process. `redis`: the Redis backend's, a stream per channel in Redis.
 
 pub mod memory;
+pub mod redis;
 
 use bytes::Bytes;
+use std::time::Duration;
 
+use crate::broker::glob::Glob;
 use crate::protocol::reply::Error;
+
+/// The history settings (every node behind one Redis must share them).
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Messages kept per channel; 0: history is off.
+    pub size: usize,
+    pub ttl: Duration,
+    /// Channels that keep history; `None`: all.
+    pub channels: Option<Vec<Glob>>,
+    /// Payload bytes kept in all (embedded only: Redis has its own
+    /// `maxmemory`).
+    pub max_bytes: usize,
+}
+
+impl Settings {
+    /// Whether `channel` keeps history.
+    pub fn keeps(&self, channel: &[u8]) -> bool {
+        self.size > 0
+            && self.channels.as_ref().is_none_or(|globs| globs.iter().any(|g| g.matches(channel)))
+    }
+}
 
 /// Longest epoch accepted in an id.
 const MAX_EPOCH: usize = 32;
@@ -40,6 +64,12 @@ impl Position {
 
     /// Parses an id: `Ok(None)` for `-`; anything malformed is `ERR invalid id`.
     pub fn parse(id: &[u8]) -> Result<Option<Position>, Error> {
+        Ok(Position::parts(id)?
+            .map(|(epoch, offset)| Position { epoch: Bytes::copy_from_slice(epoch), offset }))
+    }
+
+    /// An id's epoch and offset, borrowed: `Ok(None)` for `-`.
+    pub fn parts(id: &[u8]) -> Result<Option<(&[u8], u64)>, Error> {
         if id == b"-" {
             return Ok(None);
         }
@@ -58,7 +88,7 @@ impl Position {
             .map_err(|_| Error::InvalidId)?
             .parse()
             .map_err(|_| Error::InvalidId)?;
-        Ok(Some(Position { epoch: Bytes::copy_from_slice(epoch), offset }))
+        Ok(Some((epoch, offset)))
     }
 }
 

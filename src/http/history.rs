@@ -80,11 +80,12 @@ pub async fn history<B: Broker>(
     if !credentials.permissions.allows(Action::Subscribe, &query.channel) {
         return credentials.forbidden(&web.config);
     }
-    let Some((position, kept)) =
-        web.broker.history(&query.channel, query.since.as_ref(), query.limit)
-    else {
-        return error(StatusCode::NOT_FOUND, Error::NoHistory);
-    };
+    let (position, kept) =
+        match web.broker.history(&query.channel, query.since.as_ref(), query.limit).await {
+            Ok(Some(kept)) => kept,
+            Ok(None) => return error(StatusCode::NOT_FOUND, Error::NoHistory),
+            Err(reason) => return error(StatusCode::SERVICE_UNAVAILABLE, reason),
+        };
     let messages = kept
         .into_iter()
         .map(|(at, payload)| {

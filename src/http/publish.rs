@@ -10,7 +10,7 @@ use axum::response::{IntoResponse, Response};
 use super::query::Names;
 use super::{Credentials, Web, error};
 use crate::auth::Action;
-use crate::broker::Broker;
+use crate::broker::{Broker, Waiter};
 use crate::metrics;
 use crate::outbox::Flush;
 use crate::protocol::reply::Error;
@@ -42,9 +42,10 @@ pub async fn publish<B: Broker>(
     };
     let mut flush = Flush::default();
     for channel in &channels {
-        let published = web.broker.publish(channel.clone(), payload.clone(), &mut flush).await;
+        let published =
+            web.broker.publish(channel.clone(), payload.clone(), &mut flush, Waiter::Caller).await;
         flush.run();
-        if let Err(reason) = published {
+        if let Err(reason) = published.outcome().await {
             let status = match reason {
                 Error::BackendUnavailable => StatusCode::SERVICE_UNAVAILABLE,
                 _ => StatusCode::BAD_REQUEST,

@@ -39,6 +39,20 @@ pub fn push(pattern: Option<&[u8]>, channel: &[u8], payload: &[u8], id: Option<&
     serde_json::to_vec(&push).unwrap_or_default()
 }
 
+/// The gap signal: `{"gap":true,"channel":"c"}` (or `"pattern":"p"`).
+pub fn gap(name: &[u8], pattern: bool) -> Vec<u8> {
+    let key = if pattern { "pattern" } else { "channel" };
+    serde_json::json!({ "gap": true, key: String::from_utf8_lossy(name) }).to_string().into_bytes()
+}
+
+/// The SSE event that says the messages of `names` (channels or patterns)
+/// cannot be recovered: `event: reset` with `{"channels":[...]}`.
+pub fn reset(names: &[&[u8]]) -> Bytes {
+    let names: Vec<_> = names.iter().map(|name| String::from_utf8_lossy(name)).collect();
+    let data = serde_json::json!({ "channels": names });
+    Bytes::from(format!("event: reset\ndata: {data}\n\n"))
+}
+
 /// A Server-Sent Event carrying `json` (one line: serde_json escapes every
 /// line break), with an `id:` line when the message has one.
 pub fn event(json: &[u8], id: Option<&[u8]>) -> Bytes {

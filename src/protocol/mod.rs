@@ -98,6 +98,21 @@ impl Form {
             }
         }
     }
+
+    /// The signal that messages of a channel (or of a pattern, with
+    /// `pattern`) may have been lost; `None` for version 1, whose pushes
+    /// are bare payloads: nothing could be told apart from a message.
+    pub fn gap(self, name: &[u8], pattern: bool) -> Option<Bytes> {
+        match (self.framing, self.version) {
+            (Framing::Line | Framing::WebSocket, Version::V1) => None,
+            (Framing::Line, _) => {
+                let verb: &[u8] = if pattern { b"PGAP " } else { b"GAP " };
+                Some(codec::line(&[verb, name].concat()))
+            }
+            (Framing::WebSocket, _) => Some(websocket::text(&json::gap(name, pattern))),
+            (Framing::EventStream, _) => Some(json::reset(&[name])),
+        }
+    }
 }
 
 impl Framing {

@@ -67,7 +67,12 @@ pub async fn run(
             if config.history.size > 0 {
                 tracing::warn!("--history-* is not supported with --redis yet: no history is kept");
             }
-            let broker = RedisBroker::start(url, config.max_channels, listeners.closing.clone())?;
+            let broker = RedisBroker::start(
+                url,
+                config.max_channels,
+                config.history.clone(),
+                listeners.closing.clone(),
+            )?;
             start(listeners, broker, config).await
         }
     }

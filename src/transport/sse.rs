@@ -28,8 +28,8 @@ use crate::http::query::Names;
 use crate::http::{Connection, Credentials, Web, error};
 use crate::metrics::{self, Transport};
 use crate::outbox::{self, Batch, Next, Outbox, Sink};
-use crate::protocol::Framing;
 use crate::protocol::reply::Error;
+use crate::protocol::{Framing, json};
 use crate::server::closed::Closed;
 use crate::session::Session;
 
@@ -123,9 +123,8 @@ pub async fn stream<B: Broker>(
     };
     metrics::get().connection_opened(Transport::Sse);
     let reset = (!lost.is_empty()).then(|| {
-        let channels: Vec<_> = lost.iter().map(|c| String::from_utf8_lossy(c)).collect();
-        let data = serde_json::json!({ "channels": channels }).to_string();
-        Bytes::from(format!("event: reset\ndata: {data}\n\n"))
+        let names: Vec<&[u8]> = lost.iter().map(|name| &name[..]).collect();
+        json::reset(&names)
     });
     let events = Events {
         first: reset,

@@ -1,0 +1,243 @@
+//! The Redis backend: Redis Pub/Sub carries messages between crier nodes and
+//! from any Redis client; each node fans them out locally.
+//!
+//! - `subscriber`: the node's subscription connection, one task that
+//!   subscribes for the node (one Redis subscription per topic in use,
+//!   whatever the number of local subscribers) and delivers what Redis sends.
+//! - `publisher`: the node's publishing connection, one task that pipelines
+//!   every `PUBLISH` and history read.
+//! - `connect`: opening a connection (TCP or TLS, `HELLO 3`, credentials).
+//! - `resp`: the protocol, parsed in place.
+//!
+//! Channels that keep history keep it in Redis (`history::redis`): published
+//! through a Redis function that stores and publishes in one step, joined and
+//! resumed through reads ordered with the messages on the subscription
+//! connection.
+//!
+//! When Redis goes away, clients stay connected. Both tasks reconnect with
+//! capped, jittered backoff; the subscriber resubscribes everything still in
+//! use and refills what it can. Meanwhile new subscriptions and publishes
+//! fail at once with `ERR backend unavailable`.
+
+pub mod connect;
+pub mod publisher;
+pub mod resp;
+pub mod subscriber;
+
+use bytes::Bytes;
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+
+use super::{Broker, Kind, Published, Registry, Subscribed, Topic, Waiter};
+use crate::history::redis as stored;
+use crate::history::{Position, Resumed, Settings};
+use crate::outbox::{ConnId, Flush, Outbox};
+use crate::protocol::reply::Error;
+use connect::Target;
+use publisher::{Done, Job, Publisher};
+use subscriber::{Join, Joined, Request, Subscriber};
+
+/// Publishes and history reads queued for Redis, node-wide, before
+/// publishing connections wait: a bound on memory when clients publish
+/// faster than Redis answers.
+const MAX_QUEUED_JOBS: usize = 16 * 1024;
+
+/// See the module documentation.
+pub struct RedisBroker {
+    registry: Arc<Registry>,
+    requests: mpsc::UnboundedSender<Request>,
+    jobs: mpsc::Sender<Job>,
+    history: Settings,
+    /// The subscription connection is up: new subscriptions can be served.
+    connected: Arc<AtomicBool>,
+    target: String,
+}
+
+impl RedisBroker {
+    /// Starts the backend; it connects in the background and keeps trying, so
+    /// a server started while Redis is down still starts.
+    pub fn start(
+        url: &str,
+        max_channels: usize,
+        history: Settings,
+        shutdown: CancellationToken,
+    ) -> anyhow::Result<Arc<RedisBroker>> {
+        let target =
+            Target::parse(url).map_err(|error| anyhow::anyhow!("--redis {url}: {error}"))?;
+        let registry = Arc::new(Registry::new(max_channels));
+        let (requests, inbox) = mpsc::unbounded_channel();
+        let (jobs, queued) = mpsc::channel(MAX_QUEUED_JOBS);
+        let connected = Arc::new(AtomicBool::new(false));
+        let subscriber = Subscriber {
+            target: target.clone(),
+            registry: Arc::clone(&registry),
+            history: history.clone(),
+            connected: Arc::clone(&connected),
+            requests: inbox,
+            shutdown: shutdown.clone(),
+            wanted: HashMap::new(),
+            last: HashMap::new(),
+        };
+        let publisher = Publisher {
+            target: target.clone(),
+            jobs: queued,
+            functions: history.size > 0,
+            shutdown,
+        };
+        tokio::spawn(subscriber.run());
+        tokio::spawn(publisher.run());
+        Ok(Arc::new(RedisBroker {
+            registry,
+            requests,
+            jobs,
+            history,
+            connected,
+            target: format!("redis at {}", target.describe()),
+        }))
+    }
+
+    fn keeps(&self, topic: &Topic) -> bool {
+        topic.kind == Kind::Channel && self.history.keeps(&topic.name)
+    }
+
+    /// Joins a history channel through the subscription connection.
+    async fn join(
+        &self,
+        channel: Topic,
+        outbox: &Arc<Outbox>,
+        resume: Option<Option<Position>>,
+        subscribed: bool,
+    ) -> Result<Joined, Error> {
+        let (reply, answer) = oneshot::channel();
+        let join = Join { channel, outbox: Arc::clone(outbox), resume, subscribed, reply };
+        self.requests.send(Request::Join(join)).map_err(|_| Error::BackendUnavailable)?;
+        answer.await.unwrap_or(Err(Error::BackendUnavailable))
+    }
+
+    /// Reads up to `limit` messages of `channel` after offset `since`
+    /// through the publishing connection (making no keys in Redis).
+    async fn read(&self, channel: &[u8], since: u64, limit: usize) -> Result<stored::Read, Error> {
+        let read = stored::read(channel, Some(since), limit, false, &self.history);
+        let (sender, answer) = oneshot::channel();
+        self.queue(read, Done::Read(sender)).await;
+        answer.await.unwrap_or(Err(Error::BackendUnavailable))
+    }
+
+    /// Queues a job for the publishing connection.
+    async fn queue(&self, command: Bytes, done: Done) {
+        if let Err(refused) = self.jobs.send(Job { command, done }).await {
+            refused.0.done.answer(Err(Error::BackendUnavailable));
+        }
+    }
+}
+
+impl Broker for RedisBroker {
+    async fn subscribe(&self, topic: Topic, outbox: &Arc<Outbox>) -> Result<Subscribed, Error> {
+        if self.keeps(&topic) {
+            let joined = self.join(topic, outbox, None, false).await?;
+            return Ok(Subscribed { topic: joined.topic, position: Some(joined.position) });
+        }
+        // Registered before Redis confirms, so nothing published after the
+        // acknowledgement can slip past; the outbox holds it behind the reply.
+        let (topic, _) = self.registry.add(topic, outbox)?;
+        let (reply, answer) = oneshot::channel();
+        let attached = match self.requests.send(Request::Attach(topic.clone(), reply)) {
+            Ok(()) => answer.await.unwrap_or(Err(Error::BackendUnavailable)),
+            Err(_) => Err(Error::BackendUnavailable),
+        };
+        match attached {
+            Ok(()) => Ok(Subscribed { topic, position: None }),
+            Err(error) => {
+                self.registry.remove(&topic, outbox.id());
+                Err(error)
+            }
+        }
+    }
+
+    async fn resume(
+        &self,
+        channel: Topic,
+        since: Option<Position>,
+        subscribed: bool,
+        outbox: &Arc<Outbox>,
+        _flush: &mut Flush,
+    ) -> Result<(Topic, Resumed), Error> {
+        if !self.keeps(&channel) {
+            let topic =
+                if subscribed { channel } else { self.subscribe(channel, outbox).await?.topic };
+            return Ok((topic, Resumed::NotRecovered(None)));
+        }
+        let joined = self.join(channel, outbox, Some(since), subscribed).await?;
+        let resumed = joined.resumed.unwrap_or(Resumed::NotRecovered(Some(joined.position)));
+        Ok((joined.topic, resumed))
+    }
+
+    fn unsubscribe(&self, topic: &Topic, id: ConnId) {
+        self.registry.remove(topic, id);
+        let _ = self.requests.send(Request::Detach(topic.clone(), id));
+    }
+
+    /// Through Redis: local subscribers get the message back from Redis, like
+    /// every node's, so nothing is queued on `flush` here.
+    async fn publish(
+        &self,
+        channel: Bytes,
+        payload: Bytes,
+        _flush: &mut Flush,
+        waiter: Waiter<'_>,
+    ) -> Published {
+        let command = if self.history.keeps(&channel) {
+            stored::publish(&channel, &payload, &self.history)
+        } else {
+            resp::encode(&[b"PUBLISH", &channel, &payload])
+        };
+        match waiter {
+            Waiter::Session(outbox, framing) => {
+                let hold = outbox.hold();
+                self.queue(command, Done::Reply { outbox: Arc::clone(outbox), hold, framing })
+                    .await;
+                Published::Queued
+            }
+            Waiter::Caller => {
+                let (sender, outcome) = oneshot::channel();
+                self.queue(command, Done::Published(sender)).await;
+                Published::Pending(outcome)
+            }
+        }
+    }
+
+    async fn history(
+        &self,
+        channel: &Bytes,
+        since: Option<&Position>,
+        limit: usize,
+    ) -> Result<Option<(Position, Vec<(Position, Bytes)>)>, Error> {
+        if !self.history.keeps(channel) {
+            return Ok(None);
+        }
+        let from = since.map_or(0, |since| since.offset);
+        let mut read = self.read(channel, from, limit).await?;
+        if from > 0 && since.is_some_and(|since| since.epoch != read.position.epoch) {
+            // Everything of another epoch is after the client's position.
+            read = self.read(channel, 0, limit).await?;
+        }
+        let (position, messages) = read.fresh(self.history.ttl);
+        Ok(Some((position, messages)))
+    }
+
+    /// Kept in Redis, not here.
+    fn history_bytes(&self) -> usize {
+        0
+    }
+
+    fn ready(&self) -> bool {
+        self.connected.load(Ordering::Relaxed)
+    }
+
+    fn describe(&self) -> String {
+        self.target.clone()
+    }
+}
