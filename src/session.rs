@@ -200,15 +200,22 @@ impl<B: Broker> Session<B> {
     }
 
     /// Subscribes to every topic, for a transport without commands (SSE):
-    /// the first error ends the attempt (what was subscribed is undone when
-    /// the session is dropped).
-    pub async fn subscribe_all(&mut self, topics: Vec<Topic>) -> Result<(), Error> {
+    /// the position each was confirmed at, in order (`None`: a pattern, or a
+    /// channel without history), so that SSE can name it in its ids before
+    /// any message. The first error ends the attempt (what was subscribed is
+    /// undone when the session is dropped).
+    pub async fn subscribe_all(
+        &mut self,
+        topics: Vec<Topic>,
+    ) -> Result<Vec<Option<Position>>, Error> {
+        let mut positions = Vec::with_capacity(topics.len());
         for topic in topics {
-            if let Reply::Error(error) = self.subscribe(topic).await {
-                return Err(error);
+            match self.subscribe(topic).await {
+                (Reply::Error(error), _) => return Err(error),
+                (_, position) => positions.push(position),
             }
         }
-        Ok(())
+        Ok(positions)
     }
 
     /// A bare `SUBSCRIBE` or `UNSUBSCRIBE` means the default channel (the seed's behaviour).
@@ -216,21 +223,24 @@ impl<B: Broker> Session<B> {
         if names.is_empty() { vec![self.config.default_channel.clone()] } else { names }
     }
 
-    /// Subscribes to one topic and queues the reply, which it returns.
-    async fn subscribe(&mut self, topic: Topic) -> Reply {
+    /// Subscribes to one topic and queues the reply, which it returns with
+    /// the position confirmed (channels with history only).
+    async fn subscribe(&mut self, topic: Topic) -> (Reply, Option<Position>) {
         if let Err(refusal) = self.admit(&topic, false) {
-            return refusal;
+            return (refusal, None);
         }
         self.record(topic.clone());
         // Messages that arrive while the broker confirms queue up behind the
         // reply, so the client sees CONFIRMED first.
         let hold = self.outbox.hold();
+        let mut position = None;
         let reply = match self.broker.subscribe(topic, &self.outbox).await {
             Ok(subscribed) => {
+                position = subscribed.position;
                 // Version 3 (the outbox's push form) confirms with positions.
                 let reply = match (&subscribed.topic.kind, self.outbox.form().version) {
                     (Kind::Channel, Version::V3) => {
-                        Reply::ConfirmedAt(id_or_dash(subscribed.position))
+                        Reply::ConfirmedAt(id_or_dash(position.clone()))
                     }
                     _ => Reply::Confirmed,
                 };
@@ -243,31 +253,31 @@ impl<B: Broker> Session<B> {
             }
         };
         self.outbox.release(hold, self.framing.reply(&reply));
-        reply
+        (reply, position)
     }
 
-    /// Resumes every channel from `since` (an SSE client's `Last-Event-ID`,
-    /// which names one position): returns the channels that cannot be
-    /// recovered; the first error ends the attempt.
+    /// Resumes each channel from its own position (an SSE client's
+    /// `Last-Event-ID`; `None` where it names none: not recoverable), as
+    /// `RESUME` does: the reply of each, in order (`RECOVERED <k>` or `NOT
+    /// RECOVERED <id>`; a name given twice is resumed once, its repeats
+    /// answered `ALREADY SUBSCRIBED`, since a second resume would replay the
+    /// gap again). The first error ends the attempt.
     pub async fn resume_all(
         &mut self,
-        channels: Vec<Bytes>,
-        since: &Position,
-    ) -> Result<Vec<Bytes>, Error> {
-        let mut lost = Vec::new();
-        for channel in channels {
-            // A name given twice is resumed once: a second resume would
-            // replay the gap again.
+        channels: Vec<(Bytes, Option<Position>)>,
+    ) -> Result<Vec<Reply>, Error> {
+        let mut replies = Vec::with_capacity(channels.len());
+        for (channel, since) in channels {
             if self.topics.contains(&Topic::channel(channel.clone())) {
+                replies.push(Reply::AlreadySubscribed);
                 continue;
             }
-            match self.resume(channel.clone(), Some(since.clone())).await {
+            match self.resume(channel, since).await {
                 Reply::Error(error) => return Err(error),
-                Reply::NotRecovered(_) => lost.push(channel),
-                _ => {}
+                reply => replies.push(reply),
             }
         }
-        Ok(lost)
+        Ok(replies)
     }
 
     /// `RESUME`: subscribes (unless already) and replays what was missed;

@@ -196,7 +196,7 @@ fn get_history_and_the_web_transports_carry_ids() {
     let mut ws = Ws::connect(http);
     ws.command("HELLO 2", "CONFIRMED");
     ws.command("SUBSCRIBE h.1", "CONFIRMED");
-    let mut sse = Sse::open(http, "channel=h.1");
+    let sse = Sse::open(http, "channel=h.1");
     for payload in [&b"one"[..], b"two", b"\xff", b"four"] {
         assert_eq!(web::post(http, "/publish?channel=h.1", payload).status, 200);
     }
@@ -204,8 +204,12 @@ fn get_history_and_the_web_transports_carry_ids() {
     let id = first["id"].as_str().expect("an id").to_string();
     let (epoch, offset) = split(&id);
     assert_eq!((offset, first["data"].as_str()), (1, Some("one")));
-    let event = sse.event().expect("an event");
-    assert_eq!(event[0], format!("id: {id}"), "the SSE event carries the id");
+    // The JSON carries the message's own id; the `id:` line is the
+    // stream's: every channel's position (here the one channel's).
+    let mut sse = Stream::new(sse);
+    let json = sse.json();
+    assert_eq!((json["id"].as_str(), json["data"].as_str()), (Some(id.as_str()), Some("one")));
+    assert_eq!(sse.entries(), [id.as_str()]);
     // Three kept (--history-size 3): 2, 3, 4; a binary payload as base64.
     let answer = web::get(http, "/history?channel=h.1");
     assert_eq!(answer.status, 200);
@@ -238,53 +242,291 @@ fn get_history_and_the_web_transports_carry_ids() {
     }
 }
 
+/// An SSE stream as a browser's `EventSource` sees it: the events that
+/// carry data, and the last id received (the first event may be an id
+/// alone, which fires nothing but sets it).
+struct Stream {
+    sse: common::web::Sse,
+    id: String,
+}
+
+impl Stream {
+    fn new(sse: common::web::Sse) -> Stream {
+        assert_eq!(sse.status, 200, "{}", sse.error_body);
+        Stream { sse, id: String::new() }
+    }
+
+    fn open(http: std::net::SocketAddr, query: &str) -> Stream {
+        Stream::new(common::web::Sse::open(http, query))
+    }
+
+    /// Reconnects as `EventSource` does: the same query, and the last id.
+    fn resume(http: std::net::SocketAddr, query: &str, id: &str) -> Stream {
+        Stream::open(http, &format!("{query}&last-event-id={id}"))
+    }
+
+    /// The next event with data: its name (`message` without `event:`) and
+    /// its data.
+    fn next(&mut self) -> (String, String) {
+        loop {
+            let lines = self.sse.event().expect("an event");
+            let mut name = "message".to_string();
+            let mut data = None;
+            for line in lines {
+                if let Some(id) = line.strip_prefix("id: ") {
+                    self.id = id.to_string();
+                } else if let Some(event) = line.strip_prefix("event: ") {
+                    name = event.to_string();
+                } else if let Some(value) = line.strip_prefix("data: ") {
+                    data = Some(value.to_string());
+                }
+            }
+            if let Some(data) = data {
+                return (name, data);
+            }
+        }
+    }
+
+    /// The next message's JSON.
+    fn json(&mut self) -> serde_json::Value {
+        let (name, data) = self.next();
+        assert_eq!(name, "message", "{data}");
+        serde_json::from_str(&data).expect("JSON")
+    }
+
+    /// The next messages' payloads.
+    fn data(&mut self, count: usize) -> Vec<String> {
+        (0..count).map(|_| self.json()["data"].as_str().expect("text").to_string()).collect()
+    }
+
+    /// The next event, which must be `reset`: the channels it names.
+    fn reset(&mut self) -> Vec<String> {
+        let (name, data) = self.next();
+        assert_eq!(name, "reset", "{data}");
+        let json: serde_json::Value = serde_json::from_str(&data).expect("JSON");
+        json["channels"]
+            .as_array()
+            .expect("channels")
+            .iter()
+            .map(|c| c.as_str().expect("a name").to_string())
+            .collect()
+    }
+
+    /// Reads the first event, which must be the stream's id alone.
+    fn first_id(&mut self) {
+        let lines = self.sse.event().expect("an event");
+        assert!(lines.len() == 1 && lines[0].starts_with("id: "), "{lines:?}");
+        self.id = lines[0]["id: ".len()..].to_string();
+    }
+
+    /// The last id's entries (its check taken off): one per channel.
+    fn entries(&self) -> Vec<String> {
+        let mut parts = self.id.split('.');
+        let check = parts.next().expect("a check");
+        assert!(check.len() == 8 && check.bytes().all(|b| b.is_ascii_hexdigit()), "{}", self.id);
+        parts.map(str::to_string).collect()
+    }
+}
+
+fn publish(http: std::net::SocketAddr, channel: &str, payload: &str) {
+    let path = format!("/publish?channel={channel}");
+    assert_eq!(common::web::post(http, &path, payload.as_bytes()).status, 200);
+}
+
 #[test]
-fn an_sse_stream_resumes_from_last_event_id_or_says_reset() {
-    use common::web::{self, Sse};
+fn an_sse_stream_resumes_every_channel_from_last_event_id() {
     let server = Server::start(&["--history-size", "100"]);
     let http = server.http();
-    let mut sse = Sse::open(http, "channel=s");
-    assert_eq!(web::post(http, "/publish?channel=s", b"one").status, 200);
-    let seen = sse.event().expect("an event")[0].trim_start_matches("id: ").to_string();
+    let query = "channel=s&channel=t";
+    let mut sse = Stream::open(http, query);
+    for (channel, payload) in [("s", "s1"), ("t", "t1"), ("s", "s2")] {
+        publish(http, channel, payload);
+    }
+    assert_eq!(sse.data(3), ["s1", "t1", "s2"]);
+    // One entry per channel, in the URL's order: s is at 2, t at 1.
+    let entries = sse.entries();
+    assert_eq!(entries.len(), 2, "{}", sse.id);
+    assert_eq!((split(&entries[0]).1, split(&entries[1]).1), (2, 1));
+    let seen = sse.id.clone();
     drop(sse);
-    assert_eq!(web::post(http, "/publish?channel=s", b"two").status, 200);
-    assert_eq!(web::post(http, "/publish?channel=t", b"elsewhere").status, 200);
-    // Reconnecting with the last id: the missed message, no reset.
-    let mut again = Sse::open(http, &format!("channel=s&last-event-id={seen}"));
-    assert_eq!(again.json()["data"], "two");
-    // Two channels, one position: the other channel cannot be recovered.
-    let mut both = Sse::open(http, &format!("channel=s&channel=t&last-event-id={seen}"));
-    let reset = both.event().expect("an event");
-    assert_eq!(reset[0], "event: reset");
-    assert_eq!(reset[1], "data: {\"channels\":[\"t\"]}");
-    assert_eq!(both.json()["data"], "two");
+    for (channel, payload) in [("s", "s3"), ("t", "t2"), ("s", "s4"), ("t", "t3")] {
+        publish(http, channel, payload);
+    }
+    // Every missed message of both channels, each channel in order (one
+    // replay after the other), no reset; then live.
+    let mut again = Stream::resume(http, query, &seen);
+    assert_eq!(again.data(4), ["s3", "s4", "t2", "t3"]);
+    publish(http, "t", "t4");
+    assert_eq!(again.data(1), ["t4"]);
+    let entries = again.entries();
+    assert_eq!((split(&entries[0]).1, split(&entries[1]).1), (4, 4));
+    // Nothing missed: nothing replayed, no reset.
+    let seen = again.id.clone();
+    drop(again);
+    let mut quiet = Stream::resume(http, query, &seen);
+    publish(http, "s", "s5");
+    assert_eq!(quiet.data(1), ["s5"], "nothing twice");
+
+    // A stream dropped before its first message still resumes: its first
+    // event is its id alone, the positions it was confirmed at.
+    let query = "channel=u&channel=v";
+    let mut early = Stream::open(http, query);
+    early.first_id();
+    assert!(early.entries().iter().all(|entry| entry.ends_with(":0")), "{}", early.id);
+    let seen = early.id.clone();
+    drop(early);
+    publish(http, "v", "v1");
+    publish(http, "u", "u1");
+    assert_eq!(Stream::resume(http, query, &seen).data(2), ["u1", "v1"]);
+}
+
+#[test]
+fn sse_resumes_under_concurrent_publishing_lose_and_repeat_nothing() {
+    let server = Server::start(&["--history-size", "100000"]);
+    let http = server.http();
+    let query = "channel=race.s&channel=race.t";
+    let per_channel = 3_000;
+    let mut sse = Stream::open(http, query);
+    // The stream's confirmed positions arrive first: a drop from here on
+    // loses nothing.
+    sse.first_id();
+    let addr = server.addr;
+    let publishing = std::thread::spawn(move || {
+        let mut publisher = Client::connect(addr);
+        for i in 1..=per_channel {
+            publisher.send(format!("PUBLISH race.s {i}\r\nPUBLISH race.t {i}\r\n").as_bytes());
+        }
+        for _ in 0..2 * per_channel {
+            publisher.expect_line(b"CONFIRMED");
+        }
+    });
+    let (mut s, mut t) = (Vec::new(), Vec::new());
+    let mut resumes = 0;
+    while s.len() + t.len() < 2 * per_channel {
+        let json = sse.json();
+        let number: usize = json["data"].as_str().and_then(|d| d.parse().ok()).expect("a number");
+        match json["channel"].as_str() {
+            Some("race.s") => s.push(number),
+            Some("race.t") => t.push(number),
+            other => panic!("{other:?}"),
+        }
+        if (s.len() + t.len()) % 400 == 0 {
+            let id = sse.id.clone();
+            drop(sse);
+            sse = Stream::resume(http, query, &id);
+            resumes += 1;
+        }
+    }
+    publishing.join().expect("the publisher");
+    assert!(resumes >= 10);
+    let expected: Vec<usize> = (1..=per_channel).collect();
+    assert!(s == expected && t == expected, "gap, duplicate or reordering");
+}
+
+#[test]
+fn an_sse_stream_resets_exactly_what_it_cannot_recover() {
+    let server = Server::start(&["--history-size", "2", "--history-channels", "h.*"]);
+    let http = server.http();
+    let query = "channel=h.a&channel=h.b&channel=plain";
+    let mut sse = Stream::open(http, query);
+    publish(http, "h.a", "a1");
+    publish(http, "h.b", "b1");
+    publish(http, "plain", "p1");
+    assert_eq!(sse.data(3), ["a1", "b1", "p1"]);
+    // A channel without history is `-` in the id.
+    assert_eq!(sse.entries()[2], "-");
+    let seen = sse.id.clone();
+    drop(sse);
+    // h.a's missed messages are partly evicted (2 kept of 3); h.b's are kept.
+    for payload in ["a2", "a3", "a4"] {
+        publish(http, "h.a", payload);
+    }
+    publish(http, "h.b", "b2");
+    let mut again = Stream::resume(http, query, &seen);
+    assert_eq!(again.reset(), ["h.a", "plain"]);
+    // The reset carries the id: h.a from where it is now.
+    assert_eq!(split(&again.entries()[0]).1, 4);
+    assert_eq!(again.data(1), ["b2"]);
+    publish(http, "h.a", "a5");
+    assert_eq!(again.data(1), ["a5"], "live after the reset");
+    let seen = again.id.clone();
+    drop(again);
+    // From there, h.a recovers again.
+    publish(http, "h.a", "a6");
+    let mut third = Stream::resume(http, query, &seen);
+    assert_eq!(third.reset(), ["plain"]);
+    assert_eq!(third.data(1), ["a6"]);
 }
 
 #[test]
 fn sse_resume_edge_cases_reset_rather_than_fail() {
-    use common::web::{self, Sse};
     let server = Server::start(&["--history-size", "100"]);
     let http = server.http();
-    let mut sse = Sse::open(http, "channel=d");
-    assert_eq!(web::post(http, "/publish?channel=d", b"one").status, 200);
-    let seen = sse.event().expect("an event")[0].trim_start_matches("id: ").to_string();
-    assert_eq!(web::post(http, "/publish?channel=d", b"two").status, 200);
-    // A channel named twice is replayed once; a pattern cannot be resumed.
-    let mut twice =
-        Sse::open(http, &format!("channel=d&channel=d&pattern=x*&last-event-id={seen}"));
-    let reset = twice.event().expect("an event");
-    assert_eq!(reset, ["event: reset", "data: {\"channels\":[\"x*\"]}"]);
-    assert_eq!(twice.json()["data"], "two");
-    assert_eq!(web::post(http, "/publish?channel=d", b"three").status, 200);
-    assert_eq!(twice.json()["data"], "three", "live after the replay, nothing twice");
-    // An id this server cannot read: everything is reset, the stream opens.
-    let mut mangled = Sse::open(http, "channel=d&last-event-id=garbage");
-    assert_eq!(mangled.status, 200);
-    assert_eq!(mangled.event().expect("an event")[0], "event: reset");
+    let mut sse = Stream::open(http, "channel=d");
+    publish(http, "d", "one");
+    assert_eq!(sse.data(1), ["one"]);
+    let seen = sse.id.clone();
+    publish(http, "d", "two");
+    // A channel named twice is replayed once (and named once in ids); a
+    // pattern cannot be resumed.
+    let mut twice = Stream::resume(http, "channel=d&channel=d&pattern=x*", &seen);
+    assert_eq!(twice.reset(), ["x*"]);
+    assert_eq!(twice.data(1), ["two"]);
+    publish(http, "d", "three");
+    assert_eq!(twice.data(1), ["three"], "live after the replay, nothing twice");
+    assert_eq!(twice.entries().len(), 1);
+    // An id this server cannot read resets everything; the stream opens.
+    let mut mangled = Stream::resume(http, "channel=d&channel=e", "garbage");
+    assert_eq!(mangled.reset(), ["d", "e"]);
+    // An id written for other channels (or the same in another order) maps
+    // nothing: every channel is reset, none resumed from another's position.
+    let mut both = Stream::open(http, "channel=d&channel=e");
+    publish(http, "e", "e1");
+    assert_eq!(both.data(1), ["e1"]);
+    let mut swapped = Stream::resume(http, "channel=e&channel=d", &both.id);
+    assert_eq!(swapped.reset(), ["e", "d"]);
+    // The old one-position id: reset too.
+    let old = both.entries()[1].clone();
+    let mut old_form = Stream::resume(http, "channel=e", &old);
+    assert_eq!(old_form.reset(), ["e"]);
     // GET /history of a name never used makes nothing: no epoch yet.
-    let answer = web::get(http, "/history?channel=never.used");
+    let answer = common::web::get(http, "/history?channel=never.used");
     let json: serde_json::Value = serde_json::from_slice(&answer.body).expect("JSON");
     assert_eq!((json["epoch"].as_str(), json["offset"].as_u64()), (Some("-"), Some(0)));
+}
+
+#[test]
+fn the_last_event_id_header_wins_over_the_url() {
+    use std::io::{Read, Write};
+    let server = Server::start(&["--history-size", "100"]);
+    let http = server.http();
+    let mut sse = Stream::open(http, "channel=s&channel=t");
+    publish(http, "s", "s1");
+    assert_eq!(sse.data(1), ["s1"]);
+    let seen = sse.id.clone();
+    drop(sse);
+    publish(http, "t", "t-missed");
+    publish(http, "s", "s-missed");
+    // What a browser's EventSource sends: the same URL, the id in a header
+    // (here the URL holds a mangled one, which the header overrides).
+    let mut stream = std::net::TcpStream::connect(http).expect("connect");
+    stream.set_read_timeout(Some(common::DEADLINE)).expect("timeout");
+    let request = format!(
+        "GET /sse?channel=s&channel=t&last-event-id=bad HTTP/1.1\r\nHost: x\r\n\
+         Last-Event-ID: {seen}\r\n\r\n"
+    );
+    stream.write_all(request.as_bytes()).expect("send");
+    let mut got = String::new();
+    let mut buffer = [0; 4096];
+    while !got.contains("t-missed") {
+        let n = stream.read(&mut buffer).expect("read");
+        assert!(n > 0, "the stream ended: {got}");
+        got.push_str(&String::from_utf8_lossy(&buffer[..n]));
+    }
+    assert!(got.starts_with("HTTP/1.1 200"), "{got}");
+    assert!(!got.contains("event: reset"), "{got}");
+    let (s, t) = (got.find("s-missed"), got.find("t-missed"));
+    assert!(s.is_some() && s < t, "{got}");
 }
 
 #[test]
