@@ -81,9 +81,8 @@ impl<B: Broker> Session<B> {
         };
         match command {
             Command::Subscribe(names) => {
-                for name in self.or_default(names) {
-                    self.subscribe(Topic::channel(name)).await;
-                }
+                let topics = self.or_default(names).into_iter().map(Topic::channel).collect();
+                self.subscribe(topics).await;
             }
             Command::Unsubscribe(names) => {
                 for name in self.or_default(names) {
@@ -91,9 +90,7 @@ impl<B: Broker> Session<B> {
                 }
             }
             Command::PSubscribe(patterns) => {
-                for pattern in patterns {
-                    self.subscribe(Topic::pattern(pattern)).await;
-                }
+                self.subscribe(patterns.into_iter().map(Topic::pattern).collect()).await;
             }
             Command::PUnsubscribe(patterns) => {
                 for pattern in patterns {
@@ -209,8 +206,8 @@ impl<B: Broker> Session<B> {
         topics: Vec<Topic>,
     ) -> Result<Vec<Option<Position>>, Error> {
         let mut positions = Vec::with_capacity(topics.len());
-        for topic in topics {
-            match self.subscribe(topic).await {
+        for answer in self.subscribe(topics).await {
+            match answer {
                 (Reply::Error(error), _) => return Err(error),
                 (_, position) => positions.push(position),
             }
@@ -223,37 +220,49 @@ impl<B: Broker> Session<B> {
         if names.is_empty() { vec![self.config.default_channel.clone()] } else { names }
     }
 
-    /// Subscribes to one topic and queues the reply, which it returns with
-    /// the position confirmed (channels with history only).
-    async fn subscribe(&mut self, topic: Topic) -> (Reply, Option<Position>) {
-        if let Err(refusal) = self.admit(&topic, false) {
-            return (refusal, None);
+    /// Subscribes to each topic and queues the replies, in order; returns
+    /// them with the positions confirmed (channels with history only). The
+    /// broker is asked for all of them at once, so a `SUBSCRIBE` of many new
+    /// channels costs one round trip to Redis, not one per channel.
+    async fn subscribe(&mut self, topics: Vec<Topic>) -> Vec<(Reply, Option<Position>)> {
+        let mut answers: Vec<Option<(Reply, Option<Position>)>> = vec![None; topics.len()];
+        let mut asked = Vec::with_capacity(topics.len());
+        for (at, topic) in topics.into_iter().enumerate() {
+            if let Err(refusal) = self.admit(&topic, false) {
+                answers[at] = Some((refusal, None));
+                continue;
+            }
+            self.record(topic.clone());
+            // Messages that arrive while the broker confirms queue up behind
+            // the reply, so the client sees CONFIRMED first.
+            asked.push((at, topic, self.outbox.hold()));
         }
-        self.record(topic.clone());
-        // Messages that arrive while the broker confirms queue up behind the
-        // reply, so the client sees CONFIRMED first.
-        let hold = self.outbox.hold();
-        let mut position = None;
-        let reply = match self.broker.subscribe(topic, &self.outbox).await {
-            Ok(subscribed) => {
-                position = subscribed.position;
-                // Version 3 (the outbox's push form) confirms with positions.
-                let reply = match (&subscribed.topic.kind, self.outbox.form().version) {
-                    (Kind::Channel, Version::V3) => {
-                        Reply::ConfirmedAt(id_or_dash(position.clone()))
-                    }
-                    _ => Reply::Confirmed,
-                };
-                self.settle(subscribed.topic);
-                reply
-            }
-            Err(error) => {
-                self.unrecord();
-                Reply::Error(error)
-            }
-        };
-        self.outbox.release(hold, self.framing.reply(&reply));
-        (reply, position)
+        let outcomes = futures_util::future::join_all(
+            asked.iter().map(|(_, topic, _)| self.broker.subscribe(topic.clone(), &self.outbox)),
+        )
+        .await;
+        for ((at, topic, hold), outcome) in asked.into_iter().zip(outcomes) {
+            let answer = match outcome {
+                Ok(subscribed) => {
+                    // Version 3 (the outbox's push form) confirms with positions.
+                    let reply = match (&subscribed.topic.kind, self.outbox.form().version) {
+                        (Kind::Channel, Version::V3) => {
+                            Reply::ConfirmedAt(id_or_dash(subscribed.position.clone()))
+                        }
+                        _ => Reply::Confirmed,
+                    };
+                    self.settle(subscribed.topic);
+                    (reply, subscribed.position)
+                }
+                Err(error) => {
+                    self.unrecord(&topic);
+                    (Reply::Error(error), None)
+                }
+            };
+            self.outbox.release(hold, self.framing.reply(&answer.0));
+            answers[at] = Some(answer);
+        }
+        answers.into_iter().flatten().collect()
     }
 
     /// Resumes each channel from its own position (an SSE client's
@@ -283,7 +292,7 @@ impl<B: Broker> Session<B> {
     /// `RESUME`: subscribes (unless already) and replays what was missed;
     /// queues the reply, which it returns.
     async fn resume(&mut self, channel: Bytes, since: Option<Position>) -> Reply {
-        let topic = Topic::channel(channel);
+        let topic = Topic::channel(channel.clone());
         let subscribed = self.topics.contains(&topic);
         if let Err(refusal) = self.admit(&topic, true) {
             return refusal;
@@ -307,7 +316,7 @@ impl<B: Broker> Session<B> {
             }
             Err(error) => {
                 if !subscribed {
-                    self.unrecord();
+                    self.unrecord(&Topic::channel(channel));
                 }
                 Reply::Error(error)
             }
@@ -351,17 +360,19 @@ impl<B: Broker> Session<B> {
         metrics::get().subscriptions.inc();
     }
 
-    /// The broker confirmed the last recorded topic: keep its shared name.
+    /// The broker confirmed a recorded topic: keep its shared name.
     fn settle(&mut self, shared: Topic) {
-        if let Some(last) = self.topics.last_mut() {
-            *last = shared;
+        if let Some(kept) = self.topics.iter_mut().find(|kept| **kept == shared) {
+            *kept = shared;
         }
     }
 
-    /// The broker refused the last recorded topic.
-    fn unrecord(&mut self) {
-        self.topics.pop();
-        metrics::get().subscriptions.dec();
+    /// The broker refused a recorded topic.
+    fn unrecord(&mut self, topic: &Topic) {
+        if let Some(at) = self.topics.iter().position(|kept| kept == topic) {
+            self.topics.swap_remove(at);
+            metrics::get().subscriptions.dec();
+        }
     }
 
     fn unsubscribe(&mut self, topic: Topic) {

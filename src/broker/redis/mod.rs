@@ -28,7 +28,7 @@ use bytes::Bytes;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{Notify, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use super::{Broker, Kind, Published, Registry, Subscribed, Topic, Waiter};
@@ -45,14 +45,31 @@ use subscriber::{Join, Joined, Request, Subscriber};
 /// faster than Redis answers.
 const MAX_QUEUED_JOBS: usize = 16 * 1024;
 
+/// The state of the node's two connections, which each task watches.
+#[derive(Debug, Default)]
+pub struct Health {
+    /// The subscription connection is up and every topic resubscribed.
+    pub subscribed: AtomicBool,
+    /// The publishing connection is up.
+    pub publishing: AtomicBool,
+    /// Either changed: the subscriber announces readiness once both are up,
+    /// and a publisher waiting out a backoff tries again at once.
+    pub changed: Notify,
+}
+
+impl Health {
+    pub fn ready(&self) -> bool {
+        self.subscribed.load(Ordering::Relaxed) && self.publishing.load(Ordering::Relaxed)
+    }
+}
+
 /// See the module documentation.
 pub struct RedisBroker {
     registry: Arc<Registry>,
     requests: mpsc::UnboundedSender<Request>,
     jobs: mpsc::Sender<Job>,
     history: Settings,
-    /// The subscription connection is up: new subscriptions can be served.
-    connected: Arc<AtomicBool>,
+    health: Arc<Health>,
     target: String,
 }
 
@@ -70,12 +87,12 @@ impl RedisBroker {
         let registry = Arc::new(Registry::new(max_channels));
         let (requests, inbox) = mpsc::unbounded_channel();
         let (jobs, queued) = mpsc::channel(MAX_QUEUED_JOBS);
-        let connected = Arc::new(AtomicBool::new(false));
+        let health = Arc::new(Health::default());
         let subscriber = Subscriber {
             target: target.clone(),
             registry: Arc::clone(&registry),
             history: history.clone(),
-            connected: Arc::clone(&connected),
+            health: Arc::clone(&health),
             requests: inbox,
             shutdown: shutdown.clone(),
             wanted: HashMap::new(),
@@ -85,6 +102,7 @@ impl RedisBroker {
             target: target.clone(),
             jobs: queued,
             functions: history.size > 0,
+            health: Arc::clone(&health),
             shutdown,
         };
         tokio::spawn(subscriber.run());
@@ -94,7 +112,7 @@ impl RedisBroker {
             requests,
             jobs,
             history,
-            connected,
+            health,
             target: format!("redis at {}", target.describe()),
         }))
     }
@@ -234,7 +252,7 @@ impl Broker for RedisBroker {
     }
 
     fn ready(&self) -> bool {
-        self.connected.load(Ordering::Relaxed)
+        self.health.ready()
     }
 
     fn describe(&self) -> String {

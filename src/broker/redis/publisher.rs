@@ -16,12 +16,14 @@
 use bytes::{Buf, Bytes, BytesMut};
 use std::collections::VecDeque;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use super::Health;
 use super::connect::{REDIS_TIMEOUT, Stream, Target};
 use super::resp::{self, Value};
 use super::subscriber::{BACKOFF_FIRST, BACKOFF_MAX};
@@ -92,6 +94,7 @@ pub struct Publisher {
     pub jobs: mpsc::Receiver<Job>,
     /// Load crier's functions on each connection (history is on).
     pub functions: bool,
+    pub health: Arc<Health>,
     pub shutdown: CancellationToken,
 }
 
@@ -113,7 +116,10 @@ impl Publisher {
                         tracing::info!("redis: publishing connection restored");
                     }
                     delay = BACKOFF_FIRST;
-                    match self.serve(stream).await {
+                    self.set_up(true);
+                    let served = self.serve(stream).await;
+                    self.set_up(false);
+                    match served {
                         Ok(()) => return,
                         Err(Lost) => {
                             lost_before = true;
@@ -124,7 +130,7 @@ impl Publisher {
                 }
                 Err(error) => {
                     lost_before = true;
-                    tracing::debug!("redis: cannot open the publishing connection: {error}");
+                    tracing::warn!("redis: cannot open the publishing connection: {error}");
                 }
             }
             // Refuse what arrives while waiting: publishing needs Redis.
@@ -133,6 +139,8 @@ impl Publisher {
             loop {
                 tokio::select! {
                     _ = &mut pause => break,
+                    // The subscription connection got through: so may we.
+                    _ = self.health.changed.notified() => break,
                     job = self.jobs.recv() => match job {
                         Some(job) => job.done.answer(Err(Error::BackendUnavailable)),
                         None => return,
@@ -142,6 +150,11 @@ impl Publisher {
             }
             delay = (delay * 2).min(BACKOFF_MAX);
         }
+    }
+
+    fn set_up(&self, up: bool) {
+        self.health.publishing.store(up, Ordering::Relaxed);
+        self.health.changed.notify_waiters();
     }
 
     async fn open(&self) -> std::io::Result<Box<dyn Stream>> {

@@ -35,6 +35,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::connect::{REDIS_TIMEOUT, Stream, Target};
 use super::resp::{self, Value};
+use super::Health;
 use crate::broker::{Kind, Registry, Topic};
 use crate::history::redis::{self as stored, Read};
 use crate::history::{Position, Resumed, Settings};
@@ -87,7 +88,7 @@ pub struct Subscriber {
     pub target: Target,
     pub registry: Arc<Registry>,
     pub history: Settings,
-    pub connected: Arc<AtomicBool>,
+    pub health: Arc<Health>,
     pub requests: mpsc::UnboundedReceiver<Request>,
     pub shutdown: CancellationToken,
     /// Local subscribers per topic: what this node needs from Redis.
@@ -135,7 +136,8 @@ impl Subscriber {
     pub async fn run(mut self) {
         while let Some(mut link) = self.connect().await {
             let served = self.serve(&mut link).await;
-            self.set_connected(false);
+            self.health.subscribed.store(false, Ordering::Relaxed);
+            metrics::get().redis_connected.set(0);
             self.abandon(link);
             match served {
                 Ok(()) => return,
@@ -237,11 +239,14 @@ impl Subscriber {
         loop {
             self.take_input(link, &mut flush)?;
             flush.run();
-            if !announced && link.awaiting.is_empty() {
+            if link.awaiting.is_empty() && !self.health.subscribed.swap(true, Ordering::Relaxed) {
+                self.health.changed.notify_waiters();
+            }
+            if !announced && link.awaiting.is_empty() && self.health.ready() {
                 announced = true;
-                // After every resubscription is acknowledged: tests and
-                // operators take this line as "ready".
-                self.set_connected(true);
+                // Once every resubscription is acknowledged and publishing
+                // works too: tests and operators take this line as "ready".
+                metrics::get().redis_connected.set(1);
                 tracing::info!(
                     "redis: connected; {} channels and patterns subscribed",
                     self.wanted.len()
@@ -274,6 +279,8 @@ impl Subscriber {
                         link.write().await?;
                     }
                 },
+                // The publishing connection came up: announce.
+                _ = self.health.changed.notified(), if !announced => {},
                 _ = self.shutdown.cancelled() => return Ok(()),
             }
         }
@@ -636,10 +643,6 @@ impl Subscriber {
         }
     }
 
-    fn set_connected(&self, connected: bool) {
-        self.connected.store(connected, Ordering::Relaxed);
-        metrics::get().redis_connected.set(i64::from(connected));
-    }
 }
 
 impl Link {
