@@ -2,7 +2,7 @@
 # Runs crier-bench against crier (embedded and on Redis), Redis and NATS, with
 # a fresh server per run, and appends one JSON line per run to $OUT.
 #
-#   scripts/bench-matrix.sh fanout|latency|conns|core|partial|web [RUNS]
+#   scripts/bench-matrix.sh fanout|latency|conns|core|partial|redis|web [RUNS]
 #
 # SYSTEMS overrides the systems measured (crier-auth: crier with auth on and
 # everything allowed anonymously; crier-history: every channel keeping its
@@ -16,7 +16,7 @@
 # (in $CARGO_TARGET_DIR when set, else target/).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-what=${1:?fanout, latency, conns, core, partial or web}
+what=${1:?fanout, latency, conns, core, partial, redis or web}
 runs=${2:-3}
 out=${OUT:-target/bench-results.jsonl}
 crier=${CARGO_TARGET_DIR:-target}/release/crier
@@ -34,13 +34,23 @@ start() {
     local redis_port=16379 ws_port=17080
     EXTRA=()
     local binary=$crier
-    if [ "$1" = crier-base ]; then
-        binary=${CRIER_BASE:?CRIER_BASE names the older crier binary}
-        set -- crier
-    fi
     case $1 in
-    crier | crier-redis | crier-auth | crier-history)
-        if [ "$1" = crier-history ]; then
+    crier-base | crier-redis-base)
+        binary=${CRIER_BASE:?CRIER_BASE names the older crier binary}
+        set -- "${1%-base}"
+        ;;
+    esac
+    case $1 in
+    crier | crier-redis | crier-redis-history | crier-auth | crier-history)
+        if [ "$1" = crier-redis-history ]; then
+            # crier on Redis, every channel keeping its last 1,000 messages
+            # in Redis (each publish is FCALL crier_publish).
+            redis-server --port $redis_port --save '' --appendonly no --daemonize yes \
+                --pidfile "$work/redis.pid" --logfile "$work/redis.log" --maxclients 20000 >/dev/null
+            wait_port $redis_port
+            set -- crier --redis "redis://127.0.0.1:$redis_port" --history-size 1000
+            EXTRA=(--publish-redis "127.0.0.1:$redis_port" --publish-via-function)
+        elif [ "$1" = crier-history ]; then
             # Every channel keeps its last 1,000 messages.
             set -- crier --history-size 1000
         elif [ "$1" = crier-auth ]; then
@@ -196,6 +206,18 @@ for _ in $(seq "$runs"); do
                     --messages 20000 --duration 30
                 web_transport=ws
             fi
+            ;;
+        redis)
+            # Issue 11's neutral cells: crier on Redis against Redis direct,
+            # the load generator publishing straight into Redis at full speed.
+            for size in 64 1024; do
+                for subs in 1 100 1000; do
+                    messages=$((20000000 / subs))
+                    [ "$messages" -gt 2000000 ] && messages=2000000
+                    run "redis-s$subs-b$size" "$system" --subscribers "$subs" --size "$size" \
+                        --messages "$messages" --duration 30
+                done
+            done
             ;;
         conns)
             for conns in 1000 5000 15000; do

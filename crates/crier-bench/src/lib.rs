@@ -133,6 +133,11 @@ pub struct BenchArgs {
     /// instead of through the target: for crier with a Redis backend.
     #[arg(long, value_name = "URL_OR_ADDR")]
     pub publish_redis: Option<String>,
+    /// With --publish-redis: publish as a backend does to a crier channel
+    /// that keeps history in Redis, with `FCALL crier_publish` (keeping
+    /// 1,000 messages per channel), not `PUBLISH`.
+    #[arg(long, requires = "publish_redis")]
+    pub publish_via_function: bool,
     /// The server's process id: report its memory (VmRSS) and CPU time.
     #[arg(long, value_name = "PID")]
     pub server_pid: Option<u32>,
@@ -433,7 +438,7 @@ pub async fn run(args: BenchArgs) -> Result<()> {
     let pub_plan = Arc::new(publisher::Plan {
         dialect: pub_dialect,
         channels: p.channels,
-        encoder: Encoder::new(pub_dialect, p.channels, args.size),
+        encoder: Encoder::new(pub_dialect, p.channels, args.size, args.publish_via_function),
         window: args.window,
         timeout,
         start,

@@ -262,7 +262,8 @@ fn resp_frame(buf: &[u8]) -> Result<Option<(Frame<'_>, usize)>> {
         }
         return Ok(resp_item(buf, 0)?.map(|(item, used)| {
             let frame = match item {
-                Item::Int => Frame::Ack,
+                // PUBLISH's count, or crier_publish's id.
+                Item::Int | Item::Bulk(_) => Frame::Ack,
                 Item::Error(e) => Frame::Error(e),
                 Item::Simple(s) if s.eq_ignore_ascii_case(b"PONG") => Frame::Pong,
                 _ => Frame::Other,
@@ -445,16 +446,33 @@ pub async fn publisher_hello(stream: &mut TcpStream, wire: &mut Wire, d: Dialect
 /// message costs two memcpys and 40 hex digits.
 pub struct Encoder {
     prefixes: Vec<Box<[u8]>>,
+    /// After the payload: `crier_publish`'s size and TTL arguments.
+    suffix: &'static [u8],
     size: usize,
 }
 
 impl Encoder {
-    pub fn new(d: Dialect, channels: usize, size: usize) -> Self {
+    /// With `function`, RESP publishes call crier's `crier_publish`.
+    pub fn new(d: Dialect, channels: usize, size: usize, function: bool) -> Self {
         let prefixes = (0..channels)
             .map(|i| {
                 let ch = channel_name(i);
                 let p = match d {
                     Dialect::Crier => format!("PUBLISH {ch} "),
+                    Dialect::Resp if function => {
+                        let bulk = |s: &str| format!("${}\r\n{s}\r\n", s.len());
+                        let (meta, stream) =
+                            (format!("crier:{{{ch}}}:m"), format!("crier:{{{ch}}}:s"));
+                        format!(
+                            "*9\r\n{}{}{}{}{}{}${size}\r\n",
+                            bulk("FCALL"),
+                            bulk("crier_publish"),
+                            bulk("2"),
+                            bulk(&meta),
+                            bulk(&stream),
+                            bulk(&ch),
+                        )
+                    }
                     Dialect::Resp => {
                         format!("*3\r\n$7\r\nPUBLISH\r\n${}\r\n{ch}\r\n${size}\r\n", ch.len())
                     }
@@ -463,7 +481,9 @@ impl Encoder {
                 p.into_bytes().into_boxed_slice()
             })
             .collect();
-        Encoder { prefixes, size }
+        let suffix: &[u8] =
+            if function && d == Dialect::Resp { b"$4\r\n1000\r\n$7\r\n3600000\r\n" } else { b"" };
+        Encoder { prefixes, suffix, size }
     }
 
     /// Appends one publish request for `channel` to `out`.
@@ -471,11 +491,12 @@ impl Encoder {
         out.put_slice(&self.prefixes[channel]);
         payload::write(out, h, self.size);
         out.put_slice(b"\r\n");
+        out.put_slice(self.suffix);
     }
 
     /// Bytes of the longest request, to size write batches.
     pub fn max_request_len(&self) -> usize {
-        self.prefixes.iter().map(|p| p.len()).max().unwrap_or(0) + self.size + 2
+        self.prefixes.iter().map(|p| p.len()).max().unwrap_or(0) + self.size + 2 + self.suffix.len()
     }
 }
 
@@ -557,7 +578,7 @@ mod tests {
     fn encoders() {
         let h = Header { publisher: 1, seq: 2, sent_ns: 3 };
         for d in [Dialect::Crier, Dialect::Resp, Dialect::Nats] {
-            let e = Encoder::new(d, 2, 48);
+            let e = Encoder::new(d, 2, 48, false);
             let mut b = BytesMut::new();
             e.encode(&mut b, 1, h);
             assert_eq!(b.len(), e.max_request_len());

@@ -33,9 +33,9 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use super::Health;
 use super::connect::{REDIS_TIMEOUT, Stream, Target};
 use super::resp::{self, Value};
-use super::Health;
 use crate::broker::{Kind, Registry, Topic};
 use crate::history::redis::{self as stored, Read};
 use crate::history::{Position, Resumed, Settings};
@@ -642,7 +642,6 @@ impl Subscriber {
             }
         }
     }
-
 }
 
 impl Link {
