@@ -141,7 +141,9 @@ pub fn read(
 ) -> Bytes {
     let (meta, stream) = keys(channel);
     let since = since.map_or_else(|| "-1".to_string(), |offset| offset.to_string());
-    let limit = limit.max(1).to_string();
+    // XRANGE's COUNT is a signed 64-bit integer: `GET /history` without a
+    // limit (usize::MAX) must not become a count Redis refuses.
+    let limit = limit.clamp(1, i64::MAX as usize).to_string();
     let ttl = ttl_ms(settings.ttl);
     resp::encode(&[
         b"FCALL",
