@@ -822,3 +822,31 @@ fn a_refill_that_cannot_be_complete_is_a_gap() {
     let mut late = v3(server.addr);
     assert_eq!(confirmed_at(&mut late, "SUBSCRIBE h.k"), format!("{new_epoch}:1"));
 }
+
+#[test]
+fn a_plain_publish_that_looks_like_an_envelope_is_a_plain_message() {
+    // A payload published with plain PUBLISH that happens to start like
+    // crier_publish's `<epoch>:<offset> ` was delivered with that fake id,
+    // and moved the node's last position (helper's review, session 4).
+    let redis = Redis::start();
+    let server = node(&redis, "10", "h.*", &[]);
+    let mut subscriber = v3(server.addr);
+    let start = confirmed_at(&mut subscriber, "SUBSCRIBE h.fake");
+    let (epoch, offset) = split(&start);
+    let mut publisher = server.connect();
+    publisher.command("PUBLISH h.fake one", "CONFIRMED");
+    assert_eq!(
+        subscriber.push_v3(),
+        (b"h.fake".to_vec(), format!("{epoch}:{}", offset + 1), b"one".to_vec())
+    );
+    assert_eq!(redis.publish(b"h.fake", b"Note:42 the answer"), 1);
+    assert_eq!(
+        subscriber.push_v3(),
+        (b"h.fake".to_vec(), "-".to_string(), b"Note:42 the answer".to_vec())
+    );
+    publisher.command("PUBLISH h.fake two", "CONFIRMED");
+    assert_eq!(
+        subscriber.push_v3(),
+        (b"h.fake".to_vec(), format!("{epoch}:{}", offset + 2), b"two".to_vec())
+    );
+}

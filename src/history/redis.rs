@@ -219,8 +219,9 @@ impl Read {
     }
 
     /// The messages after `since`, if all of them are still kept (same
-    /// epoch, none trimmed, none older than `ttl`); `None` otherwise.
-    pub fn after(self, since: &Position, ttl: Duration) -> Option<Vec<(Position, Bytes)>> {
+    /// epoch, none trimmed, none older than the TTL, at most the last
+    /// `--history-size`); `None` otherwise.
+    pub fn after(self, since: &Position, settings: &Settings) -> Option<Vec<(Position, Bytes)>> {
         if since.epoch != self.position.epoch || since.offset > self.position.offset {
             return None;
         }
@@ -228,8 +229,11 @@ impl Read {
         if missed == 0 {
             return Some(Vec::new());
         }
-        let fresh = self.now.saturating_sub(ttl.as_millis().try_into().unwrap_or(u64::MAX));
-        let complete = self.oldest <= since.offset + 1
+        // `MAXLEN ~` trims in whole stream nodes and may keep more than
+        // the size: what the embedded ring would have dropped is gone here too.
+        let fresh = self.fresh_since(settings);
+        let complete = missed <= settings.size as u64
+            && self.oldest <= since.offset + 1
             && self.messages.len() as u64 == missed
             && self
                 .messages
@@ -238,20 +242,27 @@ impl Read {
         complete.then(|| self.into_positions())
     }
 
-    /// The messages still fresh after the position read from, oldest first
-    /// (`GET /history`).
-    pub fn fresh(self, ttl: Duration) -> (Position, Vec<(Position, Bytes)>) {
-        let fresh = self.now.saturating_sub(ttl.as_millis().try_into().unwrap_or(u64::MAX));
+    /// The messages kept after the offset read from, oldest first, without
+    /// those the embedded ring would have dropped (older than the TTL,
+    /// before the last `--history-size`): `GET /history`.
+    pub fn kept(self, settings: &Settings) -> (Position, Vec<(Position, Bytes)>) {
+        let fresh = self.fresh_since(settings);
+        let first = self.position.offset.saturating_sub(settings.size as u64);
         let position = self.position.clone();
         let messages = self
             .messages
             .into_iter()
-            .filter(|(_, ms, _)| *ms >= fresh)
+            .filter(|(at, ms, _)| *ms >= fresh && *at > first)
             .map(|(offset, _, payload)| {
                 (Position { epoch: position.epoch.clone(), offset }, payload)
             })
             .collect();
         (position, messages)
+    }
+
+    /// Redis's time, in ms, before which a message is past the TTL.
+    fn fresh_since(&self, settings: &Settings) -> u64 {
+        self.now.saturating_sub(settings.ttl.as_millis().try_into().unwrap_or(u64::MAX))
     }
 
     fn into_positions(self) -> Vec<(Position, Bytes)> {

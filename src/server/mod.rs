@@ -64,9 +64,6 @@ pub async fn run(
             start(listeners, broker, config).await
         }
         Some(url) => {
-            if config.history.size > 0 {
-                tracing::warn!("--history-* is not supported with --redis yet: no history is kept");
-            }
             let broker = RedisBroker::start(
                 url,
                 config.max_channels,

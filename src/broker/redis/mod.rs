@@ -242,7 +242,7 @@ impl Broker for RedisBroker {
             // Everything of another epoch is after the client's position.
             read = self.read(channel, 0, limit).await?;
         }
-        let (position, messages) = read.fresh(self.history.ttl);
+        let (position, messages) = read.kept(&self.history);
         Ok(Some((position, messages)))
     }
 

@@ -384,7 +384,20 @@ impl Subscriber {
             None if refilling.contains(channel) => {}
             None => {
                 if let Some(last) = self.last.get_mut(channel) {
-                    if last.epoch != envelope.epoch {
+                    // Redis publishes a channel's messages in offset order:
+                    // what is not the next one (or the first of a new epoch)
+                    // is a plain PUBLISH that merely looks like an envelope.
+                    let same_epoch = last.epoch == envelope.epoch;
+                    let next = if same_epoch {
+                        envelope.offset == last.offset + 1
+                    } else {
+                        envelope.offset == 1
+                    };
+                    if !next {
+                        self.registry.deliver_channel(channel, payload, None, flush);
+                        return;
+                    }
+                    if !same_epoch {
                         last.epoch = Bytes::copy_from_slice(envelope.epoch);
                     }
                     last.offset = envelope.offset;
@@ -467,7 +480,7 @@ impl Subscriber {
             }
         };
         let resumed = join.resume.map(|since| {
-            let missed = since.and_then(|since| read.after(&since, self.history.ttl));
+            let missed = since.and_then(|since| read.after(&since, &self.history));
             match missed {
                 Some(missed) if replay_fits(&missed, &join.outbox) => {
                     let active = AtomicBool::new(true);
@@ -489,7 +502,7 @@ impl Subscriber {
     fn refilled(&mut self, channel: Bytes, since: &Position, reply: &Value<'_>, flush: &mut Flush) {
         let missed = Read::parse(reply).map(|read| {
             let position = read.position.clone();
-            (read.after(since, self.history.ttl), position)
+            (read.after(since, &self.history), position)
         });
         match missed {
             Some((Some(missed), position)) => {
