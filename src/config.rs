@@ -43,6 +43,9 @@ pub struct ServeArgs {
     /// Use Redis Pub/Sub as the backend (redis://[user:pass@]host:port[/db] or rediss://).
     #[arg(long, env = "CRIER_REDIS")]
     pub redis: Option<String>,
+    /// Bytes read from Redis ahead of the fan-out, at most, before the node stops reading (and Redis may cut it off) [default: 268435456].
+    #[arg(long, env = "CRIER_REDIS_READ_AHEAD")]
+    pub redis_read_ahead: Option<usize>,
     /// Channel of a bare `SUBSCRIBE` / `UNSUBSCRIBE` [default: updates].
     #[arg(long, env = "CRIER_DEFAULT_CHANNEL")]
     pub default_channel: Option<String>,
@@ -138,6 +141,7 @@ struct FileConfig {
     max_payload: Option<usize>,
     shutdown_delay: Option<f64>,
     redis: Option<String>,
+    redis_read_ahead: Option<usize>,
     default_channel: Option<String>,
     max_line: Option<usize>,
     max_pending: Option<usize>,
@@ -168,6 +172,7 @@ pub struct Config {
     pub max_payload: usize,
     pub shutdown_delay: std::time::Duration,
     pub redis: Option<String>,
+    pub redis_read_ahead: usize,
     pub default_channel: Bytes,
     pub max_line: usize,
     pub max_pending: usize,
@@ -189,6 +194,7 @@ impl Default for Config {
             max_payload: 1024 * 1024,
             shutdown_delay: std::time::Duration::ZERO,
             redis: None,
+            redis_read_ahead: 256 * 1024 * 1024,
             default_channel: Bytes::from_static(b"updates"),
             max_line: 64 * 1024,
             max_pending: 8 * 1024 * 1024,
@@ -242,6 +248,10 @@ impl ServeArgs {
             }),
             shutdown_delay: std::time::Duration::from_secs_f64(shutdown_delay),
             redis: self.redis.or(file.redis),
+            redis_read_ahead: self
+                .redis_read_ahead
+                .or(file.redis_read_ahead)
+                .unwrap_or(default.redis_read_ahead),
             default_channel: self
                 .default_channel
                 .or(file.default_channel)
@@ -316,6 +326,7 @@ impl Config {
             ("--max-subscriptions", self.max_subscriptions),
             ("--max-channels", self.max_channels),
             ("--max-connections", self.max_connections),
+            ("--redis-read-ahead", self.redis_read_ahead),
         ] {
             if value == 0 {
                 bail!("{flag} must be at least 1");

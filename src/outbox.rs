@@ -111,9 +111,18 @@ enum Entry {
 
 /// The ticket of a held place: replies may be known in another order than
 /// their places (a pipelined `PUBLISH` answered by Redis after a later
-/// `SUBSCRIBE` was), so each release names its place.
+/// `SUBSCRIBE` was), so each release names its place. The top bit marks a
+/// detached hold ([`Outbox::hold_detached`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Hold(u32);
+
+impl Hold {
+    const DETACHED: u32 = 1 << 31;
+
+    fn detached(self) -> bool {
+        self.0 & Hold::DETACHED != 0
+    }
+}
 
 #[derive(Debug)]
 struct State {
@@ -231,9 +240,23 @@ impl<S: ?Sized + Sink> Outbox<S> {
     }
 
     /// Reserves the place of the next reply; see the module documentation.
+    /// Closing the outbox drops it: the session that would release it is
+    /// ending too.
     pub fn hold(&self) -> Hold {
+        self.reserve(0)
+    }
+
+    /// Reserves the place of a reply that another task always releases, at
+    /// the latest within Redis's timeout (a pipelined `PUBLISH`): it
+    /// survives closing, so a client that sends `PUBLISH` then `QUIT`, or
+    /// closes its side, still gets its `CONFIRMED` before the connection ends.
+    pub fn hold_detached(&self) -> Hold {
+        self.reserve(Hold::DETACHED)
+    }
+
+    fn reserve(&self, kind: u32) -> Hold {
         let mut state = self.state();
-        let hold = Hold(state.tickets);
+        let hold = Hold((state.tickets & !Hold::DETACHED) | kind);
         state.tickets = state.tickets.wrapping_add(1);
         if state.status == Status::Open {
             state.queue.push_back(Entry::Hold(hold));
@@ -246,7 +269,8 @@ impl<S: ?Sized + Sink> Outbox<S> {
     /// hold) and lets the writer go on.
     pub fn release(&self, hold: Hold, reply: Option<Bytes>) {
         let mut state = self.state();
-        if state.status == Status::Open
+        // Once the outbox is closing, only detached holds are still there.
+        if state.status != Status::CutOff
             && let Some(at) =
                 state.queue.iter().position(|e| matches!(e, Entry::Hold(h) if *h == hold))
         {
@@ -267,13 +291,14 @@ impl<S: ?Sized + Sink> Outbox<S> {
     }
 
     /// Stops accepting frames; the writer flushes what is queued and stops.
-    /// Holds still waiting are dropped: their replies would come too late.
+    /// Holds still waiting are dropped (their replies would come too late),
+    /// but detached ones, whose replies the writer waits for.
     pub fn close(&self) {
         let mut state = self.state();
         if state.status == Status::Open {
             state.status = Status::Closing;
-            state.queue.retain(|entry| !matches!(entry, Entry::Hold(_)));
-            state.holds = 0;
+            state.queue.retain(|entry| !matches!(entry, Entry::Hold(hold) if !hold.detached()));
+            state.holds = state.queue.iter().filter(|e| matches!(e, Entry::Hold(_))).count();
         }
         drop(state);
         self.wake.notify_one();

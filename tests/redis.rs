@@ -324,3 +324,24 @@ fn a_burst_of_publishes_keeps_command_order_and_message_order() {
         assert_eq!(subscriber.push_v2().2, format!("m{i}").into_bytes());
     }
 }
+
+#[test]
+fn a_client_that_leaves_right_after_publishing_still_gets_its_replies() {
+    // PUBLISH is pipelined: its reply comes from Redis after the next
+    // commands were read. The first version dropped the replies still
+    // waiting when the connection closed (QUIT, or the client's own end).
+    let redis = Redis::start();
+    let server = node(&redis);
+    let mut subscriber = server.connect();
+    subscriber.command("SUBSCRIBE bye", "CONFIRMED");
+    let mut quitting = server.connect();
+    quitting.send(b"PUBLISH bye one\r\nPUBLISH bye two\r\nQUIT\r\n");
+    assert_eq!(quitting.read_to_eof(), b"CONFIRMED\r\nCONFIRMED\r\nBYE\r\n");
+    let mut closing = server.connect();
+    closing.send(b"PUBLISH bye three\r\n");
+    closing.shutdown_write();
+    assert_eq!(closing.read_to_eof(), b"CONFIRMED\r\n");
+    for expected in [&b"one"[..], b"two", b"three"] {
+        subscriber.expect_line(expected);
+    }
+}

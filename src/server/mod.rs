@@ -67,6 +67,7 @@ pub async fn run(
             let broker = RedisBroker::start(
                 url,
                 config.max_channels,
+                config.redis_read_ahead,
                 config.history.clone(),
                 listeners.closing.clone(),
             )?;

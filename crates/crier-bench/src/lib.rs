@@ -34,6 +34,24 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 
 use crier::sys;
+
+/// How long a `--receive-only` bench waits for the broadcast to begin.
+const RECEIVE_ONLY_WAIT: Duration = Duration::from_secs(300);
+
+/// The monotonic clock's zero as an `Instant`: the same in every process of
+/// the machine (Linux's `Instant` is `CLOCK_MONOTONIC`).
+fn monotonic_zero() -> Instant {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: clock_gettime writes one timespec into the valid `ts`.
+    let read = unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    // Read after the clock, so that it is no earlier than `ts`.
+    let now = Instant::now();
+    if read != 0 {
+        return now;
+    }
+    let since_zero = Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32);
+    now.checked_sub(since_zero).unwrap_or(now)
+}
 use tokio::sync::{Semaphore, mpsc, watch};
 use tokio::task::JoinHandle;
 
@@ -129,6 +147,15 @@ pub struct BenchArgs {
     /// Seconds to hold the idle connections before measuring memory (conns mode).
     #[arg(long, default_value_t = 1.0)]
     pub hold: f64,
+    /// Conns mode, several bench processes (the open-file cap is per
+    /// process): create this file once every connection is subscribed.
+    #[arg(long, value_name = "PATH")]
+    pub ready_file: Option<std::path::PathBuf>,
+    /// Conns mode: publish nothing; wait for the one broadcast another bench
+    /// process publishes (send times are on the machine's monotonic clock,
+    /// shared by every process) and report when it reached every connection.
+    #[arg(long, requires = "ready_file")]
+    pub receive_only: bool,
     /// Publish through Redis (RESP PUBLISH) at this address or redis:// URL
     /// instead of through the target: for crier with a Redis backend.
     #[arg(long, value_name = "URL_OR_ADDR")]
@@ -278,7 +305,10 @@ impl<T> Drop for Tasks<T> {
 
 /// Runs one benchmark and prints its report.
 pub async fn run(args: BenchArgs) -> Result<()> {
-    let start = Instant::now();
+    // Times are measured from the monotonic clock's zero, the same Instant in
+    // every process of the machine: a broadcast published by one bench
+    // process is timed by the others (--receive-only).
+    let start = monotonic_zero();
     let cpu_start = sys::own_cpu_seconds();
     let p = Params::resolve(&args)?;
     let timeout = Duration::from_secs_f64(args.timeout);
@@ -428,11 +458,18 @@ pub async fn run(args: BenchArgs) -> Result<()> {
         }
     }
     let setup_s = setup_start.elapsed().as_secs_f64();
+    if args.receive_only && args.mode != Mode::Conns {
+        bail!("--receive-only is for --mode conns");
+    }
     if args.mode == Mode::Conns {
         // Let the server settle (allocations, lazy buffers) before measuring.
         tokio::time::sleep(Duration::from_secs_f64(args.hold)).await;
     }
     let rss_subscribed = pid.and_then(sys::rss_kib);
+    if let Some(path) = &args.ready_file {
+        std::fs::write(path, b"ready\n")
+            .with_context(|| format!("--ready-file {}", path.display()))?;
+    }
 
     // Publishers: connected and answered before the common start.
     let pub_plan = Arc::new(publisher::Plan {
@@ -445,7 +482,8 @@ pub async fn run(args: BenchArgs) -> Result<()> {
     });
     let (go_tx, go_rx) = watch::channel(false);
     let mut pubs = Tasks(Vec::with_capacity(p.publishers));
-    for j in 0..p.publishers {
+    let publishers = if args.receive_only { 0 } else { p.publishers };
+    for j in 0..publishers {
         let (stream, buf) =
             publisher::connect(&pub_conn, p.subscribers + j, pub_dialect, timeout).await?;
         let share = |total: u64| {
@@ -478,6 +516,18 @@ pub async fn run(args: BenchArgs) -> Result<()> {
     for s in &pub_stats {
         for (total, n) in sent_per_channel.iter_mut().zip(&s.per_channel) {
             *total += n;
+        }
+    }
+    if args.receive_only {
+        // The one broadcast, published by another process once every
+        // process is ready: wait for its first delivery here.
+        sent_per_channel[0] = 1;
+        let deadline = Instant::now() + RECEIVE_ONLY_WAIT;
+        while shared.delivered.load(Ordering::Relaxed) == 0
+            && shared.alive.load(Ordering::Relaxed) > 0
+            && Instant::now() < deadline
+        {
+            tokio::time::sleep(Duration::from_millis(2)).await;
         }
     }
     let expected: u64 = (0..p.channels).map(|c| sent_per_channel[c] * p.subscribers_on(c)).sum();

@@ -79,6 +79,7 @@ impl RedisBroker {
     pub fn start(
         url: &str,
         max_channels: usize,
+        read_ahead: usize,
         history: Settings,
         shutdown: CancellationToken,
     ) -> anyhow::Result<Arc<RedisBroker>> {
@@ -94,6 +95,7 @@ impl RedisBroker {
             history: history.clone(),
             health: Arc::clone(&health),
             requests: inbox,
+            read_ahead,
             shutdown: shutdown.clone(),
             wanted: HashMap::new(),
             last: HashMap::new(),
@@ -214,7 +216,7 @@ impl Broker for RedisBroker {
         };
         match waiter {
             Waiter::Session(outbox, framing) => {
-                let hold = outbox.hold();
+                let hold = outbox.hold_detached();
                 self.queue(command, Done::Reply { outbox: Arc::clone(outbox), hold, framing })
                     .await;
                 Published::Queued

@@ -14,8 +14,11 @@
 //! - after a reconnect, each history channel is read from the last message
 //!   this node delivered; messages that arrive before that reply are in it.
 //!
-//! Messages are parsed in place from the read buffer and delivered in
-//! batches: one flush per read.
+//! A reader task reads from Redis ahead of the fan-out (up to
+//! `--redis-read-ahead` bytes not yet handled), so that a burst Redis sends
+//! faster than the node delivers waits here rather than in Redis's output
+//! buffer, where it would get the node cut off. Messages are parsed in place
+//! from the bytes read and delivered in batches: one flush per chunk.
 //!
 //! When the connection is lost, subscribers of channels without history and
 //! of patterns are told at once that messages may be lost (`Outbox::gap`);
@@ -26,10 +29,11 @@
 use bytes::{Buf, Bytes, BytesMut};
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::sync::{mpsc, oneshot};
+use tokio::io::{AsyncReadExt, AsyncWriteExt, ReadHalf, WriteHalf};
+use tokio::sync::{Notify, mpsc, oneshot};
+use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -90,6 +94,8 @@ pub struct Subscriber {
     pub history: Settings,
     pub health: Arc<Health>,
     pub requests: mpsc::UnboundedReceiver<Request>,
+    /// Bytes read ahead of the fan-out, at most (`--redis-read-ahead`).
+    pub read_ahead: usize,
     pub shutdown: CancellationToken,
     /// Local subscribers per topic: what this node needs from Redis.
     pub wanted: HashMap<Topic, usize>,
@@ -120,7 +126,12 @@ enum Awaiting {
 
 /// A live connection.
 struct Link {
-    stream: Box<dyn Stream>,
+    writer: WriteHalf<Box<dyn Stream>>,
+    /// What the reader task read, in order; closed when the connection ends.
+    chunks: mpsc::UnboundedReceiver<Bytes>,
+    ahead: Arc<Ahead>,
+    reader: JoinHandle<()>,
+    /// Read and not yet handled: a frame's start.
     input: BytesMut,
     output: BytesMut,
     awaiting: VecDeque<(Instant, Awaiting)>,
@@ -131,6 +142,59 @@ struct Link {
 
 /// The connection failed or timed out; the task reconnects.
 struct Lost;
+
+/// What the reader task and the subscriber task share.
+struct Ahead {
+    /// Bytes read and not yet handled.
+    bytes: AtomicUsize,
+    limit: usize,
+    /// The reader waits for the fan-out to catch up.
+    paused: AtomicBool,
+    /// Wakes a paused reader.
+    drained: Notify,
+    /// When Redis last sent something: a silent Redis is a lost one.
+    heard: std::sync::Mutex<Instant>,
+}
+
+impl Ahead {
+    fn silent_for(&self) -> Duration {
+        if self.paused.load(Ordering::Relaxed) {
+            // Not reading, by choice: Redis may well be talking.
+            return Duration::ZERO;
+        }
+        crate::sync::lock(&self.heard).elapsed()
+    }
+}
+
+/// Reads from Redis until the connection ends, at most `ahead.limit`
+/// bytes ahead of the subscriber task.
+async fn read_ahead(
+    mut reader: ReadHalf<Box<dyn Stream>>,
+    chunks: mpsc::UnboundedSender<Bytes>,
+    ahead: Arc<Ahead>,
+) {
+    let mut buf = BytesMut::new();
+    loop {
+        while ahead.bytes.load(Ordering::Acquire) >= ahead.limit {
+            ahead.paused.store(true, Ordering::Relaxed);
+            ahead.drained.notified().await;
+        }
+        if ahead.paused.swap(false, Ordering::Relaxed) {
+            *crate::sync::lock(&ahead.heard) = Instant::now();
+        }
+        buf.reserve(READ_CHUNK);
+        match reader.read_buf(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(read) => {
+                ahead.bytes.fetch_add(read, Ordering::AcqRel);
+                *crate::sync::lock(&ahead.heard) = Instant::now();
+                if chunks.send(buf.split().freeze()).is_err() {
+                    return;
+                }
+            }
+        }
+    }
+}
 
 impl Subscriber {
     pub async fn run(mut self) {
@@ -158,9 +222,22 @@ impl Subscriber {
         loop {
             match self.target.open().await {
                 Ok(stream) => {
+                    let (reader, writer) = tokio::io::split(stream);
+                    let (sender, chunks) = mpsc::unbounded_channel();
+                    let ahead = Arc::new(Ahead {
+                        bytes: AtomicUsize::new(0),
+                        limit: self.read_ahead,
+                        paused: AtomicBool::new(false),
+                        drained: Notify::new(),
+                        heard: std::sync::Mutex::new(Instant::now()),
+                    });
+                    let reader = tokio::spawn(read_ahead(reader, sender, Arc::clone(&ahead)));
                     let mut link = Link {
-                        stream,
-                        input: BytesMut::with_capacity(READ_CHUNK),
+                        writer,
+                        chunks,
+                        ahead,
+                        reader,
+                        input: BytesMut::new(),
                         output: BytesMut::new(),
                         awaiting: VecDeque::new(),
                         refilling: HashSet::new(),
@@ -252,13 +329,11 @@ impl Subscriber {
                     self.wanted.len()
                 );
             }
-            if link.input.capacity() - link.input.len() < READ_CHUNK / 4 {
-                link.input.reserve(READ_CHUNK);
-            }
             tokio::select! {
-                read = link.stream.read_buf(&mut link.input) => match read {
-                    Ok(0) | Err(_) => return Err(Lost),
-                    Ok(_) => {}
+                chunk = link.chunks.recv() => match chunk {
+                    // Everything read before the end is handled first.
+                    None => return Err(Lost),
+                    Some(chunk) => link.take(chunk),
                 },
                 request = self.requests.recv() => {
                     let Some(first) = request else { return Ok(()) };
@@ -269,7 +344,8 @@ impl Subscriber {
                     link.write().await?;
                 },
                 _ = health.tick() => {
-                    if link.awaiting.front().is_some_and(|(sent, _)| sent.elapsed() > REDIS_TIMEOUT) {
+                    let late = link.awaiting.front().is_some_and(|(sent, _)| sent.elapsed() > REDIS_TIMEOUT);
+                    if late && link.ahead.silent_for() > REDIS_TIMEOUT {
                         tracing::warn!("redis: no answer within {} s", REDIS_TIMEOUT.as_secs());
                         return Err(Lost);
                     }
@@ -313,6 +389,11 @@ impl Subscriber {
             }
         }
         link.input.advance(used);
+        // Handled: the reader may read that much more.
+        let before = link.ahead.bytes.fetch_sub(used, Ordering::AcqRel);
+        if before >= link.ahead.limit && before - used < link.ahead.limit {
+            link.ahead.drained.notify_one();
+        }
         Ok(())
     }
 
@@ -636,8 +717,8 @@ impl Subscriber {
     }
 
     /// The link is gone: whoever waits on it is refused.
-    fn abandon(&mut self, link: Link) {
-        for (_, awaiting) in link.awaiting {
+    fn abandon(&mut self, mut link: Link) {
+        for (_, awaiting) in std::mem::take(&mut link.awaiting) {
             match awaiting {
                 Awaiting::Subscribed(topic, waiters) => {
                     for waiter in waiters {
@@ -657,7 +738,27 @@ impl Subscriber {
     }
 }
 
+impl Drop for Link {
+    fn drop(&mut self) {
+        // The reader holds the socket's read half: the connection ends with it.
+        self.reader.abort();
+    }
+}
+
 impl Link {
+    /// Appends a chunk the reader read (without a copy when nothing is left
+    /// over from the last one).
+    fn take(&mut self, chunk: Bytes) {
+        if self.input.is_empty() {
+            match chunk.try_into_mut() {
+                Ok(chunk) => self.input = chunk,
+                Err(chunk) => self.input.extend_from_slice(&chunk),
+            }
+        } else {
+            self.input.extend_from_slice(&chunk);
+        }
+    }
+
     fn expect(&mut self, awaiting: Awaiting) {
         self.awaiting.push_back((Instant::now(), awaiting));
     }
@@ -692,7 +793,7 @@ impl Link {
         if self.output.is_empty() {
             return Ok(());
         }
-        match tokio::time::timeout(REDIS_TIMEOUT, self.stream.write_all(&self.output)).await {
+        match tokio::time::timeout(REDIS_TIMEOUT, self.writer.write_all(&self.output)).await {
             Ok(Ok(())) => {
                 self.output.clear();
                 Ok(())
