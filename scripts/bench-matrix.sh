@@ -26,6 +26,15 @@ work=$(mktemp -d)
 # ports taken and measure the old one).
 trap 'stop; rm -rf "$work"' EXIT
 
+# Redis's settings, the same for crier's nodes and for Redis measured
+# directly. In redis mode, Pub/Sub clients may lag by 512 MB before Redis
+# cuts them (default 32 MB): a node fed by a publisher at full speed needs
+# more than the default to absorb the burst (docs/operations.md).
+redis_settings=(--save '' --appendonly no --maxclients 20000)
+if [ "$what" = redis ]; then
+    redis_settings+=(--client-output-buffer-limit "pubsub 512mb 128mb 60")
+fi
+
 # start SYSTEM: starts a fresh server; sets PID (the server to measure),
 # ADDR, TARGET and EXTRA (bench flags) for it. In web mode the server also
 # listens for WebSocket (and crier SSE) clients, and EXTRA points the
@@ -45,8 +54,8 @@ start() {
         if [ "$1" = crier-redis-history ]; then
             # crier on Redis, every channel keeping its last 1,000 messages
             # in Redis (each publish is FCALL crier_publish).
-            redis-server --port $redis_port --save '' --appendonly no --daemonize yes \
-                --pidfile "$work/redis.pid" --logfile "$work/redis.log" --maxclients 20000 >/dev/null
+            redis-server --port $redis_port "${redis_settings[@]}" --daemonize yes \
+                --pidfile "$work/redis.pid" --logfile "$work/redis.log" >/dev/null
             wait_port $redis_port
             set -- crier --redis "redis://127.0.0.1:$redis_port" --history-size 1000
             EXTRA=(--publish-redis "127.0.0.1:$redis_port" --publish-via-function)
@@ -59,8 +68,8 @@ start() {
             set -- crier --auth-hmac-secret "a benchmark secret of at least thirty-two bytes" \
                 --anonymous-subscribe '*' --anonymous-publish '*'
         elif [ "$1" = crier-redis ]; then
-            redis-server --port $redis_port --save '' --appendonly no --daemonize yes \
-                --pidfile "$work/redis.pid" --logfile "$work/redis.log" --maxclients 20000 >/dev/null
+            redis-server --port $redis_port "${redis_settings[@]}" --daemonize yes \
+                --pidfile "$work/redis.pid" --logfile "$work/redis.log" >/dev/null
             wait_port $redis_port
             set -- crier --redis "redis://127.0.0.1:$redis_port"
             EXTRA=(--publish-redis "127.0.0.1:$redis_port")
@@ -79,8 +88,8 @@ start() {
         ADDR=127.0.0.1:17070 TARGET=crier
         ;;
     redis)
-        redis-server --port $redis_port --save '' --appendonly no --daemonize yes \
-            --pidfile "$work/redis.pid" --logfile "$work/redis.log" --maxclients 20000 >/dev/null
+        redis-server --port $redis_port "${redis_settings[@]}" --daemonize yes \
+            --pidfile "$work/redis.pid" --logfile "$work/redis.log" >/dev/null
         wait_port $redis_port
         PID=$(cat "$work/redis.pid") ADDR=127.0.0.1:$redis_port TARGET=redis
         ;;

@@ -157,9 +157,12 @@ struct Ahead {
 }
 
 impl Ahead {
+    /// How long Redis has said nothing we have not yet handled: an answer
+    /// late by this much is lost, not queued behind a backlog.
     fn silent_for(&self) -> Duration {
-        if self.paused.load(Ordering::Relaxed) {
-            // Not reading, by choice: Redis may well be talking.
+        if self.paused.load(Ordering::Relaxed) || self.bytes.load(Ordering::Acquire) > 0 {
+            // Not reading, by choice, or not done with what was read: the
+            // answer may well be there.
             return Duration::ZERO;
         }
         crate::sync::lock(&self.heard).elapsed()
