@@ -309,6 +309,7 @@ pub async fn run(args: BenchArgs) -> Result<()> {
     // every process of the machine: a broadcast published by one bench
     // process is timed by the others (--receive-only).
     let start = monotonic_zero();
+    let began = Instant::now();
     let cpu_start = sys::own_cpu_seconds();
     let p = Params::resolve(&args)?;
     let timeout = Duration::from_secs_f64(args.timeout);
@@ -571,7 +572,7 @@ pub async fn run(args: BenchArgs) -> Result<()> {
     let rss_end = pid.and_then(sys::rss_kib);
     let server_cpu_s =
         pid.and_then(sys::proc_cpu_seconds).zip(server_cpu_start).map(|(end, begin)| end - begin);
-    let wall_s = start.elapsed().as_secs_f64();
+    let wall_s = began.elapsed().as_secs_f64();
     let bench_cpu_s = sys::own_cpu_seconds() - cpu_start;
 
     // Figures.
