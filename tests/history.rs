@@ -2,33 +2,13 @@
 
 mod common;
 
+use common::history::{Stream, confirmed_at, split, v3};
 use common::{Client, Server};
-
-/// `<epoch>:<offset>` split in two.
-fn split(id: &str) -> (String, u64) {
-    let (epoch, offset) = id.split_once(':').expect("an id");
-    (epoch.to_string(), offset.parse().expect("an offset"))
-}
-
-fn v3(server: &Server) -> Client {
-    let mut client = server.connect();
-    client.command("HELLO 3", "CONFIRMED");
-    client
-}
-
-/// `CONFIRMED <id>`: the id.
-fn confirmed_at(client: &mut Client, command: &str) -> String {
-    client.send(format!("{command}\r\n").as_bytes());
-    let line = String::from_utf8(client.line()).expect("ASCII");
-    line.strip_prefix("CONFIRMED ")
-        .unwrap_or_else(|| panic!("not CONFIRMED <id>: {line}"))
-        .to_string()
-}
 
 #[test]
 fn positions_count_up_and_version_3_shows_them() {
     let server = Server::start(&["--history-size", "100"]);
-    let mut subscriber = v3(&server);
+    let mut subscriber = v3(server.addr);
     let start = confirmed_at(&mut subscriber, "SUBSCRIBE news");
     let (epoch, offset) = split(&start);
     assert_eq!(offset, 0, "no message yet");
@@ -50,7 +30,7 @@ fn positions_count_up_and_version_3_shows_them() {
     }
     // A channel without history: `-`.
     let server = Server::start(&["--history-size", "100", "--history-channels", "kept.*"]);
-    let mut client = v3(&server);
+    let mut client = v3(server.addr);
     assert_eq!(confirmed_at(&mut client, "SUBSCRIBE other"), "-");
     let mut publisher = server.connect();
     publisher.command("PUBLISH other x", "CONFIRMED");
@@ -60,7 +40,7 @@ fn positions_count_up_and_version_3_shows_them() {
 #[test]
 fn resume_replays_the_gap_then_goes_live() {
     let server = Server::start(&["--history-size", "100"]);
-    let mut first = v3(&server);
+    let mut first = v3(server.addr);
     let start = confirmed_at(&mut first, "SUBSCRIBE c");
     let mut publisher = server.connect();
     publisher.command("PUBLISH c one", "CONFIRMED");
@@ -68,7 +48,7 @@ fn resume_replays_the_gap_then_goes_live() {
     drop(first);
     publisher.command("PUBLISH c two", "CONFIRMED");
     publisher.command("PUBLISH c three", "CONFIRMED");
-    let mut again = v3(&server);
+    let mut again = v3(server.addr);
     again.command(&format!("RESUME c {seen}"), "RECOVERED 2");
     assert_eq!(again.push_v3().2, b"two");
     assert_eq!(again.push_v3().2, b"three");
@@ -76,7 +56,7 @@ fn resume_replays_the_gap_then_goes_live() {
     let (_, id, payload) = again.push_v3();
     assert_eq!((split(&id).1, payload), (4, b"four".to_vec()));
     // From the very start of the epoch: everything.
-    let mut fresh = v3(&server);
+    let mut fresh = v3(server.addr);
     fresh.command(&format!("RESUME c {start}"), "RECOVERED 4");
     // In version 1 the replayed messages are plain lines.
     let mut v1 = server.connect();
@@ -88,13 +68,13 @@ fn resume_replays_the_gap_then_goes_live() {
 fn what_cannot_be_recovered_is_said_plainly() {
     let server = Server::start(&["--history-size", "2", "--history-channels", "h.*"]);
     let mut publisher = server.connect();
-    let mut watcher = v3(&server);
+    let mut watcher = v3(server.addr);
     let start = confirmed_at(&mut watcher, "SUBSCRIBE h.1");
     let (epoch, _) = split(&start);
     for i in 1..=3 {
         publisher.command(&format!("PUBLISH h.1 m{i}"), "CONFIRMED");
     }
-    let mut client = v3(&server);
+    let mut client = v3(server.addr);
     // Message 1 was evicted (two kept): not recovered, and the current position.
     client.command(&format!("RESUME h.1 {start}"), &format!("NOT RECOVERED {epoch}:3"));
     // Subscribed anyway: the next message arrives live.
@@ -115,7 +95,7 @@ fn resume_under_concurrent_publishing_loses_and_repeats_nothing() {
     // A reader that drops its connection every few hundred messages and
     // resumes from the last id it saw, while the publisher keeps going.
     let mut got = Vec::with_capacity(total);
-    let mut client = v3(&server);
+    let mut client = v3(server.addr);
     let mut last = confirmed_at(&mut client, "SUBSCRIBE race");
     let addr = server.addr;
     let publishing = std::thread::spawn(move || {
@@ -134,7 +114,7 @@ fn resume_under_concurrent_publishing_loses_and_repeats_nothing() {
         got.push(String::from_utf8(payload).expect("ASCII").parse::<usize>().expect("a number"));
         last = id;
         if got.len() % 700 == 0 && got.len() < total {
-            client = v3(&server);
+            client = v3(server.addr);
             client.send(format!("RESUME race {last}\r\n").as_bytes());
             let reply = String::from_utf8(client.line()).expect("ASCII");
             assert!(reply.starts_with("RECOVERED "), "{reply}");
@@ -151,36 +131,36 @@ fn resume_under_concurrent_publishing_loses_and_repeats_nothing() {
 fn the_byte_cap_evicts_and_expired_messages_are_gone() {
     let server = Server::start(&["--history-size", "100", "--history-max-bytes", "10"]);
     let mut publisher = server.connect();
-    let mut client = v3(&server);
+    let mut client = v3(server.addr);
     let start = confirmed_at(&mut client, "SUBSCRIBE cap");
     let (epoch, _) = split(&start);
     publisher.command("PUBLISH cap 12345", "CONFIRMED");
     publisher.command("PUBLISH cap 67890", "CONFIRMED");
     publisher.command("PUBLISH cap abc", "CONFIRMED");
-    let mut late = v3(&server);
+    let mut late = v3(server.addr);
     late.command(&format!("RESUME cap {epoch}:0"), &format!("NOT RECOVERED {epoch}:3"));
     late.command(&format!("RESUME cap {epoch}:1"), "RECOVERED 2");
 
     let server = Server::start(&["--history-size", "100", "--history-ttl", "1"]);
     let mut publisher = server.connect();
-    let mut client = v3(&server);
+    let mut client = v3(server.addr);
     let start = confirmed_at(&mut client, "SUBSCRIBE ttl");
     let (epoch, _) = split(&start);
     publisher.command("PUBLISH ttl soon gone", "CONFIRMED");
     // The time to live is the event here: wait it out.
     std::thread::sleep(std::time::Duration::from_millis(1100));
-    let mut late = v3(&server);
+    let mut late = v3(server.addr);
     late.command(&format!("RESUME ttl {start}"), &format!("NOT RECOVERED {epoch}:1"));
 }
 
 #[test]
 fn a_restart_is_a_new_epoch() {
     let mut server = Server::start(&["--history-size", "10"]);
-    let mut client = v3(&server);
+    let mut client = v3(server.addr);
     let before = confirmed_at(&mut client, "SUBSCRIBE e");
     server.stop_with(libc::SIGTERM);
     let server = Server::start(&["--history-size", "10"]);
-    let mut client = v3(&server);
+    let mut client = v3(server.addr);
     let reply = format!("RESUME e {before}");
     client.send(format!("{reply}\r\n").as_bytes());
     let line = String::from_utf8(client.line()).expect("ASCII");
@@ -239,92 +219,6 @@ fn get_history_and_the_web_transports_carry_ids() {
     for (path, status, body) in cases {
         let answer = web::get(http, path);
         assert_eq!((answer.status, answer.text().as_str()), (status, body), "{path}");
-    }
-}
-
-/// An SSE stream as a browser's `EventSource` sees it: the events that
-/// carry data, and the last id received (the first event may be an id
-/// alone, which fires nothing but sets it).
-struct Stream {
-    sse: common::web::Sse,
-    id: String,
-}
-
-impl Stream {
-    fn new(sse: common::web::Sse) -> Stream {
-        assert_eq!(sse.status, 200, "{}", sse.error_body);
-        Stream { sse, id: String::new() }
-    }
-
-    fn open(http: std::net::SocketAddr, query: &str) -> Stream {
-        Stream::new(common::web::Sse::open(http, query))
-    }
-
-    /// Reconnects as `EventSource` does: the same query, and the last id.
-    fn resume(http: std::net::SocketAddr, query: &str, id: &str) -> Stream {
-        Stream::open(http, &format!("{query}&last-event-id={id}"))
-    }
-
-    /// The next event with data: its name (`message` without `event:`) and
-    /// its data.
-    fn next(&mut self) -> (String, String) {
-        loop {
-            let lines = self.sse.event().expect("an event");
-            let mut name = "message".to_string();
-            let mut data = None;
-            for line in lines {
-                if let Some(id) = line.strip_prefix("id: ") {
-                    self.id = id.to_string();
-                } else if let Some(event) = line.strip_prefix("event: ") {
-                    name = event.to_string();
-                } else if let Some(value) = line.strip_prefix("data: ") {
-                    data = Some(value.to_string());
-                }
-            }
-            if let Some(data) = data {
-                return (name, data);
-            }
-        }
-    }
-
-    /// The next message's JSON.
-    fn json(&mut self) -> serde_json::Value {
-        let (name, data) = self.next();
-        assert_eq!(name, "message", "{data}");
-        serde_json::from_str(&data).expect("JSON")
-    }
-
-    /// The next messages' payloads.
-    fn data(&mut self, count: usize) -> Vec<String> {
-        (0..count).map(|_| self.json()["data"].as_str().expect("text").to_string()).collect()
-    }
-
-    /// The next event, which must be `reset`: the channels it names.
-    fn reset(&mut self) -> Vec<String> {
-        let (name, data) = self.next();
-        assert_eq!(name, "reset", "{data}");
-        let json: serde_json::Value = serde_json::from_str(&data).expect("JSON");
-        json["channels"]
-            .as_array()
-            .expect("channels")
-            .iter()
-            .map(|c| c.as_str().expect("a name").to_string())
-            .collect()
-    }
-
-    /// Reads the first event, which must be the stream's id alone.
-    fn first_id(&mut self) {
-        let lines = self.sse.event().expect("an event");
-        assert!(lines.len() == 1 && lines[0].starts_with("id: "), "{lines:?}");
-        self.id = lines[0]["id: ".len()..].to_string();
-    }
-
-    /// The last id's entries (its check taken off): one per channel.
-    fn entries(&self) -> Vec<String> {
-        let mut parts = self.id.split('.');
-        let check = parts.next().expect("a check");
-        assert!(check.len() == 8 && check.bytes().all(|b| b.is_ascii_hexdigit()), "{}", self.id);
-        parts.map(str::to_string).collect()
     }
 }
 
@@ -532,7 +426,7 @@ fn the_last_event_id_header_wins_over_the_url() {
 #[test]
 fn a_replay_too_large_for_the_connection_is_not_recovered_rather_than_cut() {
     let server = Server::start(&["--history-size", "1000", "--max-pending", "65536"]);
-    let mut watcher = v3(&server);
+    let mut watcher = v3(server.addr);
     let start = confirmed_at(&mut watcher, "SUBSCRIBE big");
     let (epoch, _) = split(&start);
     let mut publisher = server.connect();
@@ -541,7 +435,7 @@ fn a_replay_too_large_for_the_connection_is_not_recovered_rather_than_cut() {
         publisher.command(&format!("PUBLISH big {payload}"), "CONFIRMED");
     }
     // 100 KB to replay, 64 KiB of budget: plainly not recovered, still connected.
-    let mut client = v3(&server);
+    let mut client = v3(server.addr);
     client.command(&format!("RESUME big {start}"), &format!("NOT RECOVERED {epoch}:100"));
     client.command("PING", "PONG");
     // A gap that fits is replayed.

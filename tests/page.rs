@@ -203,3 +203,58 @@ async fn the_page_shows_ids_and_resumes_after_a_drop() {
     page.wait_for(&message_shown("quiet", "first ever"), WITHIN).await;
     page.wait_for(CONNECTED, WITHIN).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_browsers_event_source_resumes_every_channel_after_its_node_restarts() {
+    // History in Redis survives the node: the browser's own EventSource
+    // reconnects by itself with its Last-Event-ID header, and gets what
+    // both channels missed while the node was down, with no reset.
+    let redis = common::Redis::start();
+    let url = redis.url();
+    let http = format!("127.0.0.1:{}", common::free_port());
+    let args = ["--redis", &url, "--history-size", "100", "--http", &http];
+    let mut server = Server::start(&args);
+    server.wait_log("redis: connected");
+    let browser = Browser::launch().await;
+    let page = browser.open(&format!("http://{http}/")).await;
+    page.eval(
+        "window.got = []; window.resets = []; window.opens = 0; \
+         const stream = new EventSource('/sse?channel=a&channel=b'); \
+         stream.onopen = () => window.opens++; \
+         stream.onmessage = e => window.got.push(JSON.parse(e.data).data); \
+         stream.addEventListener('reset', e => window.resets.push(e.data)); true",
+    )
+    .await;
+    page.wait_for("window.opens === 1", WITHIN).await;
+    let addr = server.http();
+    tokio::task::spawn_blocking(move || {
+        assert_eq!(web::post(addr, "/publish?channel=a", b"one").status, 200);
+        assert_eq!(web::post(addr, "/publish?channel=b", b"two").status, 200);
+    })
+    .await
+    .expect("publish");
+    page.wait_for("window.got.length === 2", WITHIN).await;
+
+    // The node goes away; a backend publishes straight into Redis meanwhile.
+    server.stop_with(libc::SIGKILL);
+    for (channel, payload) in [("a", "three"), ("b", "four")] {
+        let (meta, stream) = (format!("crier:{{{channel}}}:m"), format!("crier:{{{channel}}}:s"));
+        let reply = redis.command(&[
+            b"FCALL",
+            b"crier_publish",
+            b"2",
+            meta.as_bytes(),
+            stream.as_bytes(),
+            channel.as_bytes(),
+            payload.as_bytes(),
+            b"100",
+            b"3600000",
+        ]);
+        assert!(reply.starts_with(b"$"), "crier_publish: {}", reply.escape_ascii());
+    }
+    let restarted = Server::start(&args);
+    restarted.wait_log("redis: connected");
+    page.wait_for("window.opens === 2 && window.got.length === 4", WITHIN).await;
+    let got = page.eval("JSON.stringify([window.got, window.resets])").await;
+    assert_eq!(got.as_str(), Some(r#"[["one","two","three","four"],[]]"#));
+}

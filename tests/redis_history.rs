@@ -5,7 +5,8 @@
 
 mod common;
 
-use common::web::{self, Sse, Ws};
+use common::history::{Stream, confirmed_at, split, v3};
+use common::web::{self, Ws};
 use common::{Client, DEADLINE, Redis, Server};
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read, Write};
@@ -22,27 +23,6 @@ fn node(redis: &Redis, size: &str, globs: &str, extra: &[&str]) -> Server {
     let server = Server::start(&args);
     server.wait_log("redis: connected");
     server
-}
-
-/// `<epoch>:<offset>` split in two.
-fn split(id: &str) -> (String, u64) {
-    let (epoch, offset) = id.split_once(':').unwrap_or_else(|| panic!("not an id: {id}"));
-    (epoch.to_string(), offset.parse().unwrap_or_else(|_| panic!("not an offset: {id}")))
-}
-
-fn v3(addr: SocketAddr) -> Client {
-    let mut client = Client::connect(addr);
-    client.command("HELLO 3", "CONFIRMED");
-    client
-}
-
-/// Sends `command`, expects `CONFIRMED <id>`: the id.
-fn confirmed_at(client: &mut Client, command: &str) -> String {
-    client.send(format!("{command}\r\n").as_bytes());
-    let line = String::from_utf8(client.line()).expect("ASCII");
-    line.strip_prefix("CONFIRMED ")
-        .unwrap_or_else(|| panic!("{command}: not CONFIRMED <id>: {line}"))
-        .to_string()
 }
 
 /// Sends `command`, expects `RECOVERED <k>`: k.
@@ -469,67 +449,6 @@ fn a_node_restarted_between_a_drop_and_its_resume_loses_nothing() {
     // Even from the confirmation of before the restart.
     let mut from_start = v3(again.addr);
     assert_eq!(recovered(&mut from_start, &format!("RESUME r {start}")), 5);
-}
-
-/// An SSE stream as `EventSource` sees it: events with data, and the last
-/// id received.
-struct Stream {
-    sse: Sse,
-    id: String,
-}
-
-impl Stream {
-    fn open(http: SocketAddr, query: &str) -> Stream {
-        let sse = Sse::open(http, query);
-        assert_eq!(sse.status, 200, "{}", sse.error_body);
-        Stream { sse, id: String::new() }
-    }
-
-    /// The next event with data: its name (`message` without `event:`) and
-    /// its data as JSON.
-    fn next(&mut self) -> (String, serde_json::Value) {
-        loop {
-            let lines = self.sse.event().expect("an event");
-            let mut name = "message".to_string();
-            let mut data = None;
-            for line in lines {
-                if let Some(id) = line.strip_prefix("id: ") {
-                    self.id = id.to_string();
-                } else if let Some(event) = line.strip_prefix("event: ") {
-                    name = event.to_string();
-                } else if let Some(value) = line.strip_prefix("data: ") {
-                    data = Some(serde_json::from_str(value).expect("JSON data"));
-                }
-            }
-            if let Some(data) = data {
-                return (name, data);
-            }
-        }
-    }
-
-    /// The next message: (channel, id, data).
-    fn message(&mut self) -> (String, String, String) {
-        let (name, json) = self.next();
-        assert_eq!(name, "message", "{json}");
-        let text = |key: &str| json[key].as_str().unwrap_or("-").to_string();
-        (text("channel"), text("id"), text("data"))
-    }
-
-    /// The next event, which must be `reset`: the channels it names.
-    fn reset(&mut self) -> Vec<String> {
-        let (name, json) = self.next();
-        assert_eq!(name, "reset", "{json}");
-        let channels = json["channels"].as_array().expect("channels");
-        channels.iter().map(|c| c.as_str().expect("a name").to_string()).collect()
-    }
-
-    /// The last id's entries, after its check: one per channel.
-    fn entries(&self) -> Vec<String> {
-        let mut parts = self.id.split('.');
-        let check = parts.next().expect("a check");
-        assert!(check.len() == 8 && check.bytes().all(|b| b.is_ascii_hexdigit()), "{}", self.id);
-        parts.map(str::to_string).collect()
-    }
 }
 
 #[test]

@@ -18,6 +18,7 @@ use std::time::Duration;
 use crier::protocol::push;
 
 pub mod browser;
+pub mod history;
 pub mod keys;
 pub mod web;
 
