@@ -43,6 +43,9 @@ pub struct ServeArgs {
     /// Use Redis Pub/Sub as the backend (redis://[user:pass@]host:port[/db] or rediss://).
     #[arg(long, env = "CRIER_REDIS")]
     pub redis: Option<String>,
+    /// Use a Redis Cluster (7+) as the backend: seed nodes, comma-separated URLs; channels become shard channels, patterns are refused.
+    #[arg(long, env = "CRIER_REDIS_CLUSTER", conflicts_with = "redis")]
+    pub redis_cluster: Option<String>,
     /// Channel of a bare `SUBSCRIBE` / `UNSUBSCRIBE` [default: updates].
     #[arg(long, env = "CRIER_DEFAULT_CHANNEL")]
     pub default_channel: Option<String>,
@@ -138,6 +141,7 @@ struct FileConfig {
     max_payload: Option<usize>,
     shutdown_delay: Option<f64>,
     redis: Option<String>,
+    redis_cluster: Option<String>,
     default_channel: Option<String>,
     max_line: Option<usize>,
     max_pending: Option<usize>,
@@ -168,6 +172,8 @@ pub struct Config {
     pub max_payload: usize,
     pub shutdown_delay: std::time::Duration,
     pub redis: Option<String>,
+    /// `--redis-cluster`: seed URLs, comma-separated.
+    pub redis_cluster: Option<String>,
     pub default_channel: Bytes,
     pub max_line: usize,
     pub max_pending: usize,
@@ -189,6 +195,7 @@ impl Default for Config {
             max_payload: 1024 * 1024,
             shutdown_delay: std::time::Duration::ZERO,
             redis: None,
+            redis_cluster: None,
             default_channel: Bytes::from_static(b"updates"),
             max_line: 64 * 1024,
             max_pending: 8 * 1024 * 1024,
@@ -242,6 +249,7 @@ impl ServeArgs {
             }),
             shutdown_delay: std::time::Duration::from_secs_f64(shutdown_delay),
             redis: self.redis.or(file.redis),
+            redis_cluster: self.redis_cluster.or(file.redis_cluster),
             default_channel: self
                 .default_channel
                 .or(file.default_channel)
@@ -303,6 +311,9 @@ impl ServeArgs {
 
 impl Config {
     fn validate(&self) -> anyhow::Result<()> {
+        if self.redis.is_some() && self.redis_cluster.is_some() {
+            bail!("--redis and --redis-cluster exclude each other: one backend");
+        }
         let name = &self.default_channel;
         if crate::protocol::command::valid_name(name).is_err() {
             bail!(
