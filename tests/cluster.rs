@@ -188,6 +188,9 @@ impl Cluster {
         for port in [to, from] {
             assert_eq!(cli(port, &["CLUSTER", "SETSLOT", &slot, "NODE", &to_id]), "OK");
         }
+        // Every master is told, the new owner again: Redis then drops the
+        // slot's shard subscriptions there once more (a `sunsubscribe`
+        // with no change to the map), which the node must repair too.
         for port in self.masters() {
             let _ = cli(port, &["CLUSTER", "SETSLOT", &slot, "NODE", &to_id]);
         }
@@ -228,11 +231,15 @@ fn channel_on(cluster: &Cluster, master: u16, prefix: &str) -> String {
 }
 
 /// Polls until `port` holds `count` shard subscribers of `channel`.
-fn wait_shard_subscribers(port: u16, channel: &str, count: usize) {
+fn wait_shard_subscribers(server: &Server, port: u16, channel: &str, count: usize) {
     let deadline = Instant::now() + DEADLINE;
     let expected = format!("{channel}\n{count}");
     while cli(port, &["PUBSUB", "SHARDNUMSUB", channel]) != expected {
-        assert!(Instant::now() < deadline, "{channel} never had {count} subscribers on {port}");
+        assert!(
+            Instant::now() < deadline,
+            "{channel} never had {count} subscribers on {port}; the node's log:\n{}",
+            server.log_now()
+        );
         thread::sleep(POLL);
     }
 }
@@ -316,7 +323,7 @@ fn node(cluster: &Cluster, extra: &[&str]) -> Server {
     let seeds = cluster.seeds();
     let mut args = vec!["--redis-cluster", seeds.as_str()];
     args.extend_from_slice(extra);
-    let server = Server::start(&args);
+    let server = Server::start_with_env(&args, &[("CRIER_LOG", "info,crier::broker::redis=debug")]);
     server.wait_log("redis: connected to 3 masters");
     server
 }
@@ -420,7 +427,7 @@ fn delivery_across_slots_and_nodes_and_patterns_refused() {
     }
     // Each node holds one shard subscription per channel, on its master.
     for (channel, master) in channels.iter().zip(&masters) {
-        wait_shard_subscribers(*master, channel, 2);
+        wait_shard_subscribers(&one, *master, channel, 2);
     }
     // Patterns cannot be sharded: refused, the connection stays open.
     let mut client = one.connect();
@@ -521,8 +528,8 @@ fn a_slot_moved_while_subscribers_receive() {
     cluster.wait_ok();
     assert_eq!(cluster.master_of(slot(plain.as_bytes())), to);
     // The node follows: its subscriptions are at the new master.
-    wait_shard_subscribers(to, &plain, 1);
-    wait_shard_subscribers(to, &kept, 1);
+    wait_shard_subscribers(&server, to, &plain, 1);
+    wait_shard_subscribers(&server, to, &kept, 1);
     server.wait_log("moved; resubscribing at its new master");
     let mut client = server.connect();
     publish_confirmed(&mut client, &plain, "after");

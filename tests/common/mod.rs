@@ -131,6 +131,15 @@ impl Server {
         }
     }
 
+    /// Every line the server logged so far, without waiting (for a
+    /// failure's message).
+    pub fn log_now(&self) -> String {
+        while let Ok(line) = self.log.try_recv() {
+            self.early.borrow_mut().push_back(line);
+        }
+        self.log_so_far()
+    }
+
     /// Every line the server logged so far that the tests have read, and
     /// those waiting.
     pub fn log_so_far(&self) -> String {

@@ -127,11 +127,14 @@ pub struct Subscriber {
     /// connection: a reconnect, a failover, a slot that moved.
     placed: HashMap<Topic, usize>,
     /// Where connection attempts report.
-    opened: mpsc::UnboundedSender<(usize, std::io::Result<Box<dyn Stream>>)>,
-    arrivals: Option<mpsc::UnboundedReceiver<(usize, std::io::Result<Box<dyn Stream>>)>>,
+    opened: mpsc::UnboundedSender<Opened>,
+    arrivals: Option<mpsc::UnboundedReceiver<Opened>>,
     /// `redis: connected` was logged since the last loss.
     announced: bool,
 }
+
+/// A connection attempt's outcome, for the node of that index.
+type Opened = (usize, std::io::Result<Box<dyn Stream>>);
 
 /// One Redis node and its connection.
 struct Node {
@@ -345,6 +348,7 @@ impl Subscriber {
     /// Subscribes `topics` on `link`, refilling the history channels among
     /// them from their last message.
     fn place(&mut self, topics: &[Topic], link: &mut Link) {
+        tracing::debug!(node = link.node, "redis: subscribing {topics:?}");
         for kind in [Kind::Channel, Kind::Pattern] {
             let names: Vec<&Topic> = topics.iter().filter(|t| t.kind == kind).collect();
             if !names.is_empty() {
@@ -419,9 +423,11 @@ impl Subscriber {
             self.placed.iter().map(|(topic, index)| (topic.clone(), *index)).collect();
         let mut flush = Flush::default();
         for (topic, index) in placed {
-            if self.route(&topic) == Some(index) {
+            let route = self.route(&topic);
+            if route == Some(index) {
                 continue;
             }
+            tracing::debug!(from = index, to = ?route, "redis: map moves {topic:?}");
             if let Some(link) = self.nodes[index].link.as_mut() {
                 link.change(false, topic.kind, &[&topic]);
                 link.expect(Awaiting::Unsubscribed(topic.name.clone()));
@@ -534,7 +540,9 @@ impl Subscriber {
 
     /// Each second: a connection whose answer is late is lost; an idle one
     /// is pinged; on a cluster, channels still waiting for a master make
-    /// the map be read again.
+    /// the map be read again, and are subscribed again where the map says
+    /// (Redis also drops a slot's shard subscriptions when the slot is
+    /// assigned again to the same master, with no change to the map).
     fn check(&mut self) {
         for index in 0..self.nodes.len() {
             let Some(link) = self.nodes[index].link.as_mut() else { continue };
@@ -550,6 +558,7 @@ impl Subscriber {
         }
         if self.placed.len() < self.wanted.len() {
             self.refresh();
+            self.place_waiting();
         }
     }
 
@@ -635,6 +644,7 @@ impl Subscriber {
                 ) =>
             {
                 let topic = Topic::channel(Bytes::copy_from_slice(channel));
+                tracing::debug!(node = link.node, "redis: sunsubscribe pushed for {topic:?}");
                 if self.placed.get(&topic) == Some(&link.node) {
                     tracing::info!(
                         "redis cluster: channel {} moved; resubscribing at its new master",
