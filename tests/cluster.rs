@@ -7,7 +7,7 @@
 
 mod common;
 
-use common::{Client, DEADLINE, Server, free_port, redis_server, temp_dir};
+use common::{Client, DEADLINE, Server, free_port, redis_server, temp_dir, web};
 use crier::broker::redis::cluster::slot;
 use std::collections::HashSet;
 use std::path::PathBuf;
@@ -429,10 +429,14 @@ fn delivery_across_slots_and_nodes_and_patterns_refused() {
     for (channel, master) in channels.iter().zip(&masters) {
         wait_shard_subscribers(&one, *master, channel, 2);
     }
-    // Patterns cannot be sharded: refused, the connection stays open.
+    // Patterns cannot be sharded: refused, the connection stays open; an
+    // SSE stream asking for one is refused before it starts.
     let mut client = one.connect();
     client.command("PSUBSCRIBE news.*", "ERR patterns are not supported with --redis-cluster");
     client.command("PING", "PONG");
+    let refused = web::get(one.http(), "/sse?pattern=news.*");
+    assert_eq!(refused.status, 400);
+    assert_eq!(refused.text().trim(), "ERR patterns are not supported with --redis-cluster");
 }
 
 #[test]
@@ -458,11 +462,14 @@ fn a_master_killed_and_its_replica_promoted() {
         publisher(&server, kept.clone(), Arc::clone(&stop)),
         publisher(&server, elsewhere.clone(), Arc::clone(&stop)),
     ];
+    assert_eq!(web::get(server.http(), "/readyz").status, 200);
     cluster.kill(victim);
     server.wait_log("redis: connection lost to");
     cluster.wait_ok();
     assert_ne!(cluster.master_of(slot(plain.as_bytes())), victim);
     server.wait_log("redis: connected to 3 masters");
+    // Ready again: a connection to every master (the promoted one).
+    assert_eq!(web::get(server.http(), "/readyz").status, 200);
     // Both publishers get through again before they stop.
     let mut client = server.connect();
     publish_confirmed(&mut client, &plain, "after");
