@@ -46,6 +46,9 @@ pub struct ServeArgs {
     /// Bytes read from Redis ahead of the fan-out, at most, before the node stops reading (and Redis may cut it off) [default: 268435456].
     #[arg(long, env = "CRIER_REDIS_READ_AHEAD")]
     pub redis_read_ahead: Option<usize>,
+    /// Use a Redis Cluster (7+) as the backend: seed nodes, comma-separated URLs; channels become shard channels, patterns are refused.
+    #[arg(long, env = "CRIER_REDIS_CLUSTER", conflicts_with = "redis")]
+    pub redis_cluster: Option<String>,
     /// Channel of a bare `SUBSCRIBE` / `UNSUBSCRIBE` [default: updates].
     #[arg(long, env = "CRIER_DEFAULT_CHANNEL")]
     pub default_channel: Option<String>,
@@ -142,6 +145,7 @@ struct FileConfig {
     shutdown_delay: Option<f64>,
     redis: Option<String>,
     redis_read_ahead: Option<usize>,
+    redis_cluster: Option<String>,
     default_channel: Option<String>,
     max_line: Option<usize>,
     max_pending: Option<usize>,
@@ -173,6 +177,8 @@ pub struct Config {
     pub shutdown_delay: std::time::Duration,
     pub redis: Option<String>,
     pub redis_read_ahead: usize,
+    /// `--redis-cluster`: seed URLs, comma-separated.
+    pub redis_cluster: Option<String>,
     pub default_channel: Bytes,
     pub max_line: usize,
     pub max_pending: usize,
@@ -195,6 +201,7 @@ impl Default for Config {
             shutdown_delay: std::time::Duration::ZERO,
             redis: None,
             redis_read_ahead: 256 * 1024 * 1024,
+            redis_cluster: None,
             default_channel: Bytes::from_static(b"updates"),
             max_line: 64 * 1024,
             max_pending: 8 * 1024 * 1024,
@@ -252,6 +259,7 @@ impl ServeArgs {
                 .redis_read_ahead
                 .or(file.redis_read_ahead)
                 .unwrap_or(default.redis_read_ahead),
+            redis_cluster: self.redis_cluster.or(file.redis_cluster),
             default_channel: self
                 .default_channel
                 .or(file.default_channel)
@@ -313,6 +321,9 @@ impl ServeArgs {
 
 impl Config {
     fn validate(&self) -> anyhow::Result<()> {
+        if self.redis.is_some() && self.redis_cluster.is_some() {
+            bail!("--redis and --redis-cluster exclude each other: one backend");
+        }
         let name = &self.default_channel;
         if crate::protocol::command::valid_name(name).is_err() {
             bail!(

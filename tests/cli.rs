@@ -128,12 +128,20 @@ fn bad_settings_are_refused_with_one_line() {
         &["--default-channel", "two words"],
         &["--listen", "nowhere"],
         &["--redis", "http://example"],
+        &["--redis-cluster", "http://example"],
+        &["--redis-cluster", "redis://127.0.0.1:1/2"],
     ] {
         let output = crier().arg("serve").args(args).output().unwrap();
         assert!(!output.status.success(), "{args:?} accepted");
         let stderr = String::from_utf8_lossy(&output.stderr);
         assert!(stderr.trim().lines().count() <= 3, "{args:?}: {stderr}");
     }
+    // One backend: a Redis or a cluster, not both.
+    let both =
+        ["serve", "--redis", "redis://127.0.0.1:1", "--redis-cluster", "redis://127.0.0.1:2"];
+    let output = crier().args(both).output().unwrap();
+    assert!(!output.status.success(), "--redis and --redis-cluster accepted together");
+    assert!(String::from_utf8_lossy(&output.stderr).contains("cannot be used with"));
 }
 
 #[test]

@@ -61,7 +61,9 @@ local function now_ms()
   return tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
 end
 
--- KEYS: hash, stream. ARGV: channel, payload, size, ttl in ms.
+-- KEYS: hash, stream. ARGV: channel, payload, size, ttl in ms, and
+-- optionally 'shard': publish with SPUBLISH (Redis Cluster, where crier
+-- subscribes to shard channels).
 redis.register_function('crier_publish', function(keys, args)
   local epoch = position(keys[1], keys[2], args[4])
   local offset = redis.call('HINCRBY', keys[1], 'offset', 1)
@@ -69,7 +71,11 @@ redis.register_function('crier_publish', function(keys, args)
   redis.call('PEXPIRE', keys[1], args[4])
   redis.call('PEXPIRE', keys[2], args[4])
   local id = epoch .. ':' .. offset
-  redis.call('PUBLISH', args[1], id .. ' ' .. args[2])
+  local verb = 'PUBLISH'
+  if args[5] == 'shard' then
+    verb = 'SPUBLISH'
+  end
+  redis.call(verb, args[1], id .. ' ' .. args[2])
   return id
 end)
 
@@ -111,12 +117,13 @@ pub fn keys(channel: &[u8]) -> (Vec<u8>, Vec<u8>) {
     (key(b"m"), key(b"s"))
 }
 
-/// `FCALL crier_publish` for a message of `channel`.
-pub fn publish(channel: &[u8], payload: &[u8], settings: &Settings) -> Bytes {
+/// `FCALL crier_publish` for a message of `channel`; with `shard` (a
+/// cluster), the function publishes it with `SPUBLISH`.
+pub fn publish(channel: &[u8], payload: &[u8], settings: &Settings, shard: bool) -> Bytes {
     let (meta, stream) = keys(channel);
     let size = settings.size.to_string();
     let ttl = ttl_ms(settings.ttl);
-    resp::encode(&[
+    let mut args: Vec<&[u8]> = vec![
         b"FCALL",
         b"crier_publish",
         b"2",
@@ -126,7 +133,20 @@ pub fn publish(channel: &[u8], payload: &[u8], settings: &Settings) -> Bytes {
         payload,
         size.as_bytes(),
         ttl.as_bytes(),
-    ])
+    ];
+    if shard {
+        args.push(b"shard");
+    }
+    resp::encode(&args)
+}
+
+/// On a cluster, the keys of a channel's history must hash to the
+/// channel's own slot, for `crier_publish` to store and `SPUBLISH` in one
+/// step on one master. `crier:{<channel>}:m` hashes as `<channel>` only when
+/// the name holds no brace (a brace would change which part is hashed, in
+/// the key or in the channel).
+pub fn shardable(channel: &[u8]) -> bool {
+    !channel.iter().any(|&byte| byte == b'{' || byte == b'}')
 }
 
 /// `FCALL crier_read`: the position, and up to `limit` messages after

@@ -51,6 +51,9 @@ pub enum Error {
     Forbidden,
     /// The backend (Redis) cannot be reached right now.
     BackendUnavailable,
+    /// `PSUBSCRIBE` (or `SSE ?pattern=`) with `--redis-cluster`: sharded
+    /// Pub/Sub has no patterns.
+    PatternsUnsupported,
     /// A command line over `--max-line`; the connection is closed.
     LineTooLong,
     /// More than `--max-pending` bytes of output queued; the connection is closed.
@@ -95,6 +98,7 @@ impl fmt::Display for Error {
             Error::TooManyChannels => "too many channels",
             Error::Forbidden => "forbidden",
             Error::BackendUnavailable => "backend unavailable",
+            Error::PatternsUnsupported => "patterns are not supported with --redis-cluster",
             Error::LineTooLong => "line too long",
             Error::SlowConsumer => "slow consumer",
             Error::ServerFull => "server full",
@@ -156,7 +160,7 @@ mod tests {
 
     #[test]
     fn lines_are_the_protocol_tables() {
-        let cases: [(Reply, &[u8]); 8] = [
+        let cases: [(Reply, &[u8]); 9] = [
             (Reply::Confirmed, b"CONFIRMED\r\n"),
             (Reply::AlreadySubscribed, b"ALREADY SUBSCRIBED\r\n"),
             (Reply::AlreadyUnsubscribed, b"ALREADY UNSUBSCRIBED\r\n"),
@@ -165,6 +169,10 @@ mod tests {
             (Reply::Pong(Bytes::from("hi there")), b"PONG hi there\r\n"),
             (Error::Arity("publish").into(), b"ERR wrong number of arguments for 'publish'\r\n"),
             (Error::SlowConsumer.into(), b"ERR slow consumer\r\n"),
+            (
+                Error::PatternsUnsupported.into(),
+                b"ERR patterns are not supported with --redis-cluster\r\n",
+            ),
         ];
         for (reply, line) in cases {
             assert_eq!(reply.line(), line);

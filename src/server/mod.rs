@@ -12,7 +12,8 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
-use crate::broker::{Broker, Embedded, redis::RedisBroker};
+use crate::broker::redis::{RedisBroker, Servers};
+use crate::broker::{Broker, Embedded};
 use crate::config::Config;
 use crate::http::Web;
 
@@ -58,14 +59,19 @@ pub async fn run(
     // SIGHUP would kill the process.
     tokio::spawn(crate::tls::reload_on_hangup(config.tls.clone(), closing.clone()));
     let listeners = Listeners { line: listener, http, draining: shutdown, closing };
-    match &config.redis {
+    let servers = match (&config.redis, &config.redis_cluster) {
+        (Some(url), _) => Some(Servers::Single(url)),
+        (None, Some(urls)) => Some(Servers::Cluster(urls)),
+        (None, None) => None,
+    };
+    match servers {
         None => {
             let broker = Arc::new(Embedded::new(config.max_channels, config.history.clone()));
             start(listeners, broker, config).await
         }
-        Some(url) => {
+        Some(servers) => {
             let broker = RedisBroker::start(
-                url,
+                servers,
                 config.max_channels,
                 config.redis_read_ahead,
                 config.history.clone(),

@@ -147,7 +147,9 @@ pub async fn stream<B: Broker>(
         Err(reason) => {
             let status = match reason {
                 Error::Forbidden => return credentials.forbidden(&web.config),
-                Error::InvalidChannel | Error::TooManySubscriptions => StatusCode::BAD_REQUEST,
+                Error::InvalidChannel
+                | Error::TooManySubscriptions
+                | Error::PatternsUnsupported => StatusCode::BAD_REQUEST,
                 _ => StatusCode::SERVICE_UNAVAILABLE,
             };
             return error(status, reason);

@@ -132,6 +132,15 @@ impl Server {
         }
     }
 
+    /// Every line the server logged so far, without waiting (for a
+    /// failure's message).
+    pub fn log_now(&self) -> String {
+        while let Ok(line) = self.log.try_recv() {
+            self.early.borrow_mut().push_back(line);
+        }
+        self.log_so_far()
+    }
+
     /// Every line the server logged so far that the tests have read, and
     /// those waiting.
     pub fn log_so_far(&self) -> String {
@@ -379,27 +388,9 @@ impl Redis {
     pub fn restart(&mut self) {
         assert!(self.child.is_none(), "redis is already running");
         let port = self.port.to_string();
-        let args = if self.args.is_empty() { vec!["--port", &port] } else { Vec::new() };
-        let mut child = Command::new("redis-server")
-            .args(args)
-            .args(&self.args)
-            .args(["--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no", "--loglevel", "notice"])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start redis-server (is it installed?)");
-        let stdout = child.stdout.take().unwrap();
-        let (ready, wait) = mpsc::channel();
-        thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if line.contains("Ready to accept connections") {
-                    let _ = ready.send(());
-                }
-            }
-        });
-        wait.recv_timeout(DEADLINE).expect("redis-server did not start");
-        self.child = Some(child);
+        let mut args = if self.args.is_empty() { vec!["--port", &port] } else { Vec::new() };
+        args.extend(self.args.iter().map(String::as_str));
+        self.child = Some(redis_server(&args));
     }
 
     /// SIGKILL: Redis vanishes without a goodbye, as in a crash.
@@ -464,6 +455,30 @@ impl Drop for Redis {
     fn drop(&mut self) {
         self.kill();
     }
+}
+
+/// Starts `redis-server` with `args` on loopback, without persistence;
+/// returns once it accepts connections.
+pub fn redis_server(args: &[&str]) -> Child {
+    let mut child = Command::new("redis-server")
+        .args(args)
+        .args(["--bind", "127.0.0.1"])
+        .args(["--save", "", "--appendonly", "no", "--loglevel", "notice"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start redis-server (is it installed?)");
+    let stdout = child.stdout.take().unwrap();
+    let (ready, wait) = mpsc::channel();
+    thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if line.contains("Ready to accept connections") {
+                let _ = ready.send(());
+            }
+        }
+    });
+    wait.recv_timeout(DEADLINE).expect("redis-server did not start");
+    child
 }
 
 /// Encodes a command as a RESP array of bulk strings.

@@ -63,6 +63,27 @@ impl Target {
         })
     }
 
+    /// The same credentials and TLS settings, another node (a cluster's
+    /// master as `CLUSTER SLOTS` announces it). A node of a cluster has
+    /// only database 0.
+    pub fn at(&self, host: &str, port: u16) -> Target {
+        Target { host: host.to_string(), port, db: 0, ..self.clone() }
+    }
+
+    pub fn host(&self) -> &str {
+        &self.host
+    }
+
+    /// The database `SELECT`ed (a cluster has only 0).
+    pub fn db(&self) -> i64 {
+        self.db
+    }
+
+    /// Host and port, as a cluster names its nodes.
+    pub fn addr(&self) -> (String, u16) {
+        (self.host.clone(), self.port)
+    }
+
     /// `host:port`, for logs.
     pub fn describe(&self) -> String {
         let scheme = if self.tls.is_some() { "rediss" } else { "redis" };
@@ -125,6 +146,37 @@ impl Target {
         }
         Ok(stream)
     }
+}
+
+/// Sends one command on a fresh connection and reads its reply, within
+/// [`REDIS_TIMEOUT`]; `read` turns the reply into what the caller keeps
+/// (an error reply is an error already).
+pub async fn ask<T>(
+    stream: &mut dyn Stream,
+    command: &[u8],
+    read: impl FnOnce(&Value<'_>) -> std::io::Result<T>,
+) -> std::io::Result<T> {
+    let asked = async {
+        stream.write_all(command).await?;
+        let mut buf = BytesMut::with_capacity(4096);
+        loop {
+            match resp::parse(&buf) {
+                Ok(Some((Value::Error(text), _))) => {
+                    return Err(std::io::Error::other(String::from_utf8_lossy(text).into_owned()));
+                }
+                Ok(Some((reply, _))) => return read(&reply),
+                Ok(None) => {
+                    if stream.read_buf(&mut buf).await? == 0 {
+                        return Err(std::io::ErrorKind::UnexpectedEof.into());
+                    }
+                }
+                Err(malformed) => return Err(std::io::Error::other(malformed)),
+            }
+        }
+    };
+    tokio::time::timeout(REDIS_TIMEOUT, asked)
+        .await
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "timed out"))?
 }
 
 /// The system's trusted roots (`SSL_CERT_FILE` and `SSL_CERT_DIR` are

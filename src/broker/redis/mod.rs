@@ -14,11 +14,22 @@
 //! resumed through reads ordered with the messages on the subscription
 //! connection.
 //!
+//! - `cluster`: Redis Cluster: slots, the map of masters, and the router
+//!   that sends each publish to its channel's master.
+//!
+//! On a Redis Cluster (`--redis-cluster`) channels are shard channels
+//! (`SSUBSCRIBE`, `SPUBLISH`): the subscriber keeps one connection per
+//! master, the router one publishing connection per master. Patterns cannot
+//! be sharded (a pattern would have to be asked of every master, and
+//! Redis has no sharded `PSUBSCRIBE`): they are refused, and so are history
+//! channels whose name holds a brace (see `history::redis::shardable`).
+//!
 //! When Redis goes away, clients stay connected. Both tasks reconnect with
 //! capped, jittered backoff; the subscriber resubscribes everything still in
 //! use and refills what it can. Meanwhile new subscriptions and publishes
 //! fail at once with `ERR backend unavailable`.
 
+pub mod cluster;
 pub mod connect;
 pub mod publisher;
 pub mod resp;
@@ -38,7 +49,7 @@ use crate::outbox::{ConnId, Flush, Outbox};
 use crate::protocol::reply::Error;
 use connect::Target;
 use publisher::{Done, Job, Publisher};
-use subscriber::{Join, Joined, Request, Subscriber};
+use subscriber::{Join, Joined, Layout, Request, Subscriber};
 
 /// Publishes and history reads queued for Redis, node-wide, before
 /// publishing connections wait: a bound on memory when clients publish
@@ -71,52 +82,131 @@ pub struct RedisBroker {
     history: Settings,
     health: Arc<Health>,
     target: String,
+    /// A Redis Cluster: shard channels, no patterns.
+    cluster: bool,
+}
+
+/// Which Redis: `--redis URL` or `--redis-cluster URL[,URL...]`.
+pub enum Servers<'a> {
+    Single(&'a str),
+    /// Seed nodes: any one that answers tells where the others are.
+    Cluster(&'a str),
 }
 
 impl RedisBroker {
     /// Starts the backend; it connects in the background and keeps trying, so
     /// a server started while Redis is down still starts.
     pub fn start(
-        url: &str,
+        servers: Servers<'_>,
         max_channels: usize,
         read_ahead: usize,
         history: Settings,
         shutdown: CancellationToken,
     ) -> anyhow::Result<Arc<RedisBroker>> {
-        let target =
-            Target::parse(url).map_err(|error| anyhow::anyhow!("--redis {url}: {error}"))?;
         let registry = Arc::new(Registry::new(max_channels));
         let (requests, inbox) = mpsc::unbounded_channel();
         let (jobs, queued) = mpsc::channel(MAX_QUEUED_JOBS);
         let health = Arc::new(Health::default());
-        let subscriber = Subscriber {
-            target: target.clone(),
-            registry: Arc::clone(&registry),
-            history: history.clone(),
-            health: Arc::clone(&health),
-            requests: inbox,
+        let functions = history.size > 0;
+        let (layout, described, cluster) = match servers {
+            Servers::Single(url) => {
+                let target = Target::parse(url)
+                    .map_err(|error| anyhow::anyhow!("--redis {url}: {error}"))?;
+                let publisher = Publisher {
+                    target: target.clone(),
+                    jobs: queued,
+                    functions,
+                    health: Arc::clone(&health),
+                    shutdown: shutdown.clone(),
+                    bounce: None,
+                    lost: None,
+                };
+                tokio::spawn(publisher.run());
+                let described = format!("redis at {}", target.describe());
+                (Layout::Single(target), described, false)
+            }
+            Servers::Cluster(urls) => {
+                let seeds = urls
+                    .split(',')
+                    .map(str::trim)
+                    .filter(|url| !url.is_empty())
+                    .map(|url| match Target::parse(url) {
+                        Ok(target) if target.db() != 0 => Err(anyhow::anyhow!(
+                            "--redis-cluster {url}: a cluster has only database 0"
+                        )),
+                        Ok(target) => Ok(target),
+                        Err(error) => Err(anyhow::anyhow!("--redis-cluster {url}: {error}")),
+                    })
+                    .collect::<anyhow::Result<Vec<_>>>()?;
+                let Some(seed) = seeds.first().cloned() else {
+                    anyhow::bail!("--redis-cluster: at least one URL");
+                };
+                let described = format!(
+                    "redis cluster at {}",
+                    seeds.iter().map(Target::describe).collect::<Vec<_>>().join(",")
+                );
+                let (map, watched) = tokio::sync::watch::channel(Arc::default());
+                let refresh = Arc::new(Notify::new());
+                let shared = cluster::Shared { map: watched, refresh: Arc::clone(&refresh), seed };
+                let topology =
+                    cluster::Topology { seeds, map, refresh, shutdown: shutdown.clone() };
+                let (bounce, bounced) = mpsc::unbounded_channel();
+                let router = cluster::Router {
+                    shared: shared.clone(),
+                    jobs: queued,
+                    bounced,
+                    bounce,
+                    functions,
+                    shutdown: shutdown.clone(),
+                    publishers: HashMap::new(),
+                };
+                // Each master's publishing connection comes up on first
+                // use: readiness follows the subscription connections.
+                health.publishing.store(true, Ordering::Relaxed);
+                tokio::spawn(topology.run());
+                tokio::spawn(router.run());
+                (Layout::Cluster(shared), described, true)
+            }
+        };
+        let subscriber = Subscriber::new(
+            layout,
+            Arc::clone(&registry),
+            history.clone(),
+            Arc::clone(&health),
+            inbox,
             read_ahead,
-            shutdown: shutdown.clone(),
-            wanted: HashMap::new(),
-            last: HashMap::new(),
-        };
-        let publisher = Publisher {
-            target: target.clone(),
-            jobs: queued,
-            functions: history.size > 0,
-            health: Arc::clone(&health),
             shutdown,
-        };
+        );
         tokio::spawn(subscriber.run());
-        tokio::spawn(publisher.run());
         Ok(Arc::new(RedisBroker {
             registry,
             requests,
             jobs,
             history,
             health,
-            target: format!("redis at {}", target.describe()),
+            target: described,
+            cluster,
         }))
+    }
+
+    /// What a cluster cannot serve: patterns, and history channels whose
+    /// name holds a brace.
+    fn unshardable(&self, topic: &Topic) -> Result<(), Error> {
+        if !self.cluster {
+            return Ok(());
+        }
+        match topic.kind {
+            Kind::Pattern => Err(Error::PatternsUnsupported),
+            Kind::Channel if self.keeps(topic) && !stored::shardable(&topic.name) => {
+                Err(Error::InvalidChannel)
+            }
+            Kind::Channel => Ok(()),
+        }
+    }
+
+    /// The slot a job about `channel` goes to, on a cluster.
+    fn slot(&self, channel: &[u8]) -> Option<u16> {
+        self.cluster.then(|| cluster::slot(channel))
     }
 
     fn keeps(&self, topic: &Topic) -> bool {
@@ -142,13 +232,14 @@ impl RedisBroker {
     async fn read(&self, channel: &[u8], since: u64, limit: usize) -> Result<stored::Read, Error> {
         let read = stored::read(channel, Some(since), limit, false, &self.history);
         let (sender, answer) = oneshot::channel();
-        self.queue(read, Done::Read(sender)).await;
+        self.queue(Job::new(read, Done::Read(sender), self.slot(channel))).await;
         answer.await.unwrap_or(Err(Error::BackendUnavailable))
     }
 
-    /// Queues a job for the publishing connection.
-    async fn queue(&self, command: Bytes, done: Done) {
-        if let Err(refused) = self.jobs.send(Job { command, done }).await {
+    /// Queues a job for the publishing connection (on a cluster, the
+    /// router).
+    async fn queue(&self, job: Job) {
+        if let Err(refused) = self.jobs.send(job).await {
             refused.0.done.answer(Err(Error::BackendUnavailable));
         }
     }
@@ -156,6 +247,7 @@ impl RedisBroker {
 
 impl Broker for RedisBroker {
     async fn subscribe(&self, topic: Topic, outbox: &Arc<Outbox>) -> Result<Subscribed, Error> {
+        self.unshardable(&topic)?;
         if self.keeps(&topic) {
             let joined = self.join(topic, outbox, None, false).await?;
             return Ok(Subscribed { topic: joined.topic, position: Some(joined.position) });
@@ -185,6 +277,7 @@ impl Broker for RedisBroker {
         outbox: &Arc<Outbox>,
         _flush: &mut Flush,
     ) -> Result<(Topic, Resumed), Error> {
+        self.unshardable(&channel)?;
         if !self.keeps(&channel) {
             let topic =
                 if subscribed { channel } else { self.subscribe(channel, outbox).await?.topic };
@@ -209,21 +302,25 @@ impl Broker for RedisBroker {
         _flush: &mut Flush,
         waiter: Waiter<'_>,
     ) -> Published {
-        let command = if self.history.keeps(&channel) {
-            stored::publish(&channel, &payload, &self.history)
-        } else {
-            resp::encode(&[b"PUBLISH", &channel, &payload])
+        if let Err(error) = self.unshardable(&Topic::channel(channel.clone())) {
+            return Published::Done(Err(error));
+        }
+        let command = match (self.history.keeps(&channel), self.cluster) {
+            (true, shard) => stored::publish(&channel, &payload, &self.history, shard),
+            (false, false) => resp::encode(&[b"PUBLISH", &channel, &payload]),
+            (false, true) => resp::encode(&[b"SPUBLISH", &channel, &payload]),
         };
+        let slot = self.slot(&channel);
         match waiter {
             Waiter::Session(outbox, framing) => {
                 let hold = outbox.hold_detached();
-                self.queue(command, Done::Reply { outbox: Arc::clone(outbox), hold, framing })
-                    .await;
+                let done = Done::Reply { outbox: Arc::clone(outbox), hold, framing };
+                self.queue(Job::new(command, done, slot)).await;
                 Published::Queued
             }
             Waiter::Caller => {
                 let (sender, outcome) = oneshot::channel();
-                self.queue(command, Done::Published(sender)).await;
+                self.queue(Job::new(command, Done::Published(sender), slot)).await;
                 Published::Pending(outcome)
             }
         }
@@ -238,6 +335,7 @@ impl Broker for RedisBroker {
         if !self.history.keeps(channel) {
             return Ok(None);
         }
+        self.unshardable(&Topic::channel(channel.clone()))?;
         let from = since.map_or(0, |since| since.offset);
         let mut read = self.read(channel, from, limit).await?;
         if from > 0 && since.is_some_and(|since| since.epoch != read.position.epoch) {

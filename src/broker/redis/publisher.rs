@@ -19,12 +19,13 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{Notify, mpsc, oneshot};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::Health;
-use super::connect::{REDIS_TIMEOUT, Stream, Target};
+use super::cluster::{self, Addr};
+use super::connect::{self, REDIS_TIMEOUT, Stream, Target};
 use super::resp::{self, Value};
 use super::subscriber::{BACKOFF_FIRST, BACKOFF_MAX};
 use crate::history::redis::{LIBRARY, Read};
@@ -41,6 +42,19 @@ const MAX_BATCH: usize = 1024;
 pub struct Job {
     pub command: Bytes,
     pub done: Done,
+    /// On a cluster: the slot of the channel it is about, which decides
+    /// the master it goes to.
+    pub slot: Option<u16>,
+    /// On a cluster: times it was sent to a master.
+    pub tries: u8,
+    /// On a cluster: where the last master's `MOVED` said to go.
+    pub moved_to: Option<Addr>,
+}
+
+impl Job {
+    pub fn new(command: Bytes, done: Done, slot: Option<u16>) -> Job {
+        Job { command, done, slot, tries: 0, moved_to: None }
+    }
 }
 
 /// Who gets a job's outcome.
@@ -96,6 +110,12 @@ pub struct Publisher {
     pub functions: bool,
     pub health: Arc<Health>,
     pub shutdown: CancellationToken,
+    /// On a cluster: where a job answered `MOVED` or `ASK` goes back to
+    /// (the router), instead of failing.
+    pub bounce: Option<mpsc::UnboundedSender<Job>>,
+    /// On a cluster: told when the connection is lost or cannot be opened
+    /// (the master may have failed over: the map is read again).
+    pub lost: Option<Arc<Notify>>,
 }
 
 /// The connection ended or a reply is late.
@@ -130,7 +150,13 @@ impl Publisher {
                 }
                 Err(error) => {
                     lost_before = true;
-                    tracing::warn!("redis: cannot open the publishing connection: {error}");
+                    tracing::warn!(
+                        "redis: cannot open the publishing connection to {}: {error}",
+                        self.target.describe()
+                    );
+                    if let Some(lost) = &self.lost {
+                        lost.notify_one();
+                    }
                 }
             }
             // Refuse what arrives while waiting: publishing needs Redis.
@@ -155,43 +181,27 @@ impl Publisher {
     fn set_up(&self, up: bool) {
         self.health.publishing.store(up, Ordering::Relaxed);
         self.health.changed.notify_waiters();
+        if let (false, Some(lost)) = (up, &self.lost) {
+            lost.notify_one();
+        }
     }
 
     async fn open(&self) -> std::io::Result<Box<dyn Stream>> {
         let mut stream = self.target.open().await?;
         if self.functions {
             let load = resp::encode(&[b"FUNCTION", b"LOAD", b"REPLACE", LIBRARY.as_bytes()]);
-            let loaded = async {
-                stream.write_all(&load).await?;
-                let mut buf = BytesMut::with_capacity(256);
-                loop {
-                    match resp::parse(&buf) {
-                        Ok(Some((Value::Error(error), _))) => {
-                            return Err(std::io::Error::other(format!(
-                                "cannot load crier's functions (history needs Redis 7): {}",
-                                String::from_utf8_lossy(error)
-                            )));
-                        }
-                        Ok(Some(_)) => return Ok(()),
-                        Ok(None) => {
-                            if stream.read_buf(&mut buf).await? == 0 {
-                                return Err(std::io::ErrorKind::UnexpectedEof.into());
-                            }
-                        }
-                        Err(malformed) => return Err(std::io::Error::other(malformed)),
-                    }
-                }
-            };
-            tokio::time::timeout(REDIS_TIMEOUT, loaded)
-                .await
-                .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "timed out"))??;
+            connect::ask(&mut *stream, &load, |_| Ok(())).await.map_err(|error| {
+                std::io::Error::other(format!(
+                    "cannot load crier's functions (history needs Redis 7): {error}"
+                ))
+            })?;
         }
         Ok(stream)
     }
 
     /// Pipelines jobs until the connection is lost (`Err`) or shutdown.
     async fn serve(&mut self, mut stream: Box<dyn Stream>) -> Result<(), Lost> {
-        let mut in_flight: VecDeque<(Instant, Done)> = VecDeque::new();
+        let mut in_flight: VecDeque<(Instant, Job)> = VecDeque::new();
         let mut input = BytesMut::with_capacity(16 * 1024);
         let mut output = BytesMut::new();
         let mut check = tokio::time::interval(CHECK_EVERY);
@@ -201,7 +211,7 @@ impl Publisher {
                 read = stream.read_buf(&mut input) => match read {
                     Ok(0) | Err(_) => break Err(Lost),
                     Ok(_) => {
-                        if answer(&mut input, &mut in_flight).is_err() {
+                        if self.answer(&mut input, &mut in_flight).is_err() {
                             break Err(Lost);
                         }
                     }
@@ -210,11 +220,11 @@ impl Publisher {
                     let Some(job) = job else { break Ok(()) };
                     let now = Instant::now();
                     output.extend_from_slice(&job.command);
-                    in_flight.push_back((now, job.done));
+                    in_flight.push_back((now, job));
                     for _ in 1..MAX_BATCH {
                         let Ok(job) = self.jobs.try_recv() else { break };
                         output.extend_from_slice(&job.command);
-                        in_flight.push_back((now, job.done));
+                        in_flight.push_back((now, job));
                     }
                     let written = tokio::time::timeout(REDIS_TIMEOUT, stream.write_all(&output)).await;
                     output.clear();
@@ -231,37 +241,51 @@ impl Publisher {
                 _ = self.shutdown.cancelled() => break Ok(()),
             }
         };
-        for (_, done) in in_flight {
-            done.answer(Err(Error::BackendUnavailable));
+        for (_, job) in in_flight {
+            job.done.answer(Err(Error::BackendUnavailable));
         }
         outcome
     }
-}
 
-/// Answers the jobs whose replies are in `input`, in order.
-fn answer(input: &mut BytesMut, in_flight: &mut VecDeque<(Instant, Done)>) -> Result<(), Lost> {
-    let mut used = 0;
-    loop {
-        match resp::parse(&input[used..]) {
-            Ok(Some((Value::Push(_), len))) => used += len,
-            Ok(Some((reply, len))) => {
-                used += len;
-                let Some((_, done)) = in_flight.pop_front() else {
-                    tracing::warn!("redis: a reply nothing asked for");
+    /// Answers the jobs whose replies are in `input`, in order; on a
+    /// cluster, a job redirected elsewhere goes back to the router.
+    fn answer(
+        &self,
+        input: &mut BytesMut,
+        in_flight: &mut VecDeque<(Instant, Job)>,
+    ) -> Result<(), Lost> {
+        let mut used = 0;
+        loop {
+            match resp::parse(&input[used..]) {
+                Ok(Some((Value::Push(_), len))) => used += len,
+                Ok(Some((reply, len))) => {
+                    used += len;
+                    let Some((_, mut job)) = in_flight.pop_front() else {
+                        tracing::warn!("redis: a reply nothing asked for");
+                        return Err(Lost);
+                    };
+                    if let (Value::Error(text), Some(bounce)) = (&reply, &self.bounce)
+                        && cluster::redirected(text)
+                    {
+                        job.moved_to = cluster::moved_to(text, self.target.host());
+                        if let Err(refused) = bounce.send(job) {
+                            refused.0.done.answer(Err(Error::BackendUnavailable));
+                        }
+                        continue;
+                    }
+                    job.done.answer(Ok(&reply));
+                }
+                Ok(None) => break,
+                Err(malformed) => {
+                    tracing::warn!("redis: {malformed}");
                     return Err(Lost);
-                };
-                done.answer(Ok(&reply));
-            }
-            Ok(None) => break,
-            Err(malformed) => {
-                tracing::warn!("redis: {malformed}");
-                return Err(Lost);
+                }
             }
         }
+        input.advance(used);
+        if input.capacity() - input.len() < 4096 {
+            input.reserve(16 * 1024);
+        }
+        Ok(())
     }
-    input.advance(used);
-    if input.capacity() - input.len() < 4096 {
-        input.reserve(16 * 1024);
-    }
-    Ok(())
 }

@@ -19,17 +19,29 @@
 //! faster than the node delivers waits here rather than in Redis's output
 //! buffer, where it would get the node cut off. Messages are parsed in place
 //! from the bytes read and delivered in batches: one flush per chunk.
-//!
 //! When the connection is lost, subscribers of channels without history and
 //! of patterns are told at once that messages may be lost (`Outbox::gap`);
 //! channels with history are refilled after the reconnect, or told if that
 //! cannot be done. Meanwhile new subscriptions fail with `ERR backend
 //! unavailable`; the task reconnects with capped, jittered backoff.
+//!
+//! On a Redis Cluster ([`Layout::Cluster`]) the same task owns one such
+//! connection per master, each carrying the shard channels
+//! (`SSUBSCRIBE`, `smessage`) of the slots it serves: each connection's
+//! stream is ordered on its own, and a channel lives on exactly one, so every
+//! rule above holds per channel. A channel leaves its connection when the
+//! connection is lost, when Redis says its slot moved (a `sunsubscribe` it
+//! did not ask for) or when a new map puts its slot elsewhere: that is
+//! handled like a reconnect of that channel alone (the gap signal, or a
+//! refill from the last message delivered), at the master that serves it
+//! now. A single Redis is the same machinery with one node that serves
+//! everything.
 
 use bytes::{Buf, Bytes, BytesMut};
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::task::Poll;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt, ReadHalf, WriteHalf};
 use tokio::sync::{Notify, mpsc, oneshot};
@@ -38,6 +50,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::Health;
+use super::cluster::{self, Addr};
 use super::connect::{REDIS_TIMEOUT, Stream, Target};
 use super::resp::{self, Value};
 use crate::broker::{Kind, Registry, Topic};
@@ -87,28 +100,66 @@ pub struct Joined {
     pub resumed: Option<Resumed>,
 }
 
+/// Where the subscription connections go.
+pub enum Layout {
+    /// One Redis: one connection carries every topic.
+    Single(Target),
+    /// A Redis Cluster: one connection per master, each channel on its
+    /// slot's master, as shard channels.
+    Cluster(cluster::Shared),
+}
+
 /// See the module documentation.
 pub struct Subscriber {
-    pub target: Target,
-    pub registry: Arc<Registry>,
-    pub history: Settings,
-    pub health: Arc<Health>,
-    pub requests: mpsc::UnboundedReceiver<Request>,
+    layout: Layout,
+    registry: Arc<Registry>,
+    history: Settings,
+    health: Arc<Health>,
+    requests: mpsc::UnboundedReceiver<Request>,
     /// Bytes read ahead of the fan-out, at most (`--redis-read-ahead`).
-    pub read_ahead: usize,
-    pub shutdown: CancellationToken,
+    read_ahead: usize,
+    shutdown: CancellationToken,
     /// Local subscribers per topic: what this node needs from Redis.
-    pub wanted: HashMap<Topic, usize>,
+    wanted: HashMap<Topic, usize>,
     /// Channels in `wanted` that keep history: the position of the last
     /// message delivered here, where a reconnect resumes.
-    pub last: HashMap<Bytes, Position>,
+    last: HashMap<Bytes, Position>,
+    /// The Redis nodes: the one Redis, or every master met so far.
+    nodes: Vec<Node>,
+    /// The node whose connection carries each topic of `wanted` (its
+    /// subscription sent there). A topic missing here waits for its node's
+    /// connection: a reconnect, a failover, a slot that moved.
+    placed: HashMap<Topic, usize>,
+    /// Where connection attempts report.
+    opened: mpsc::UnboundedSender<Opened>,
+    arrivals: Option<mpsc::UnboundedReceiver<Opened>>,
+    /// `redis: connected` was logged since the last loss.
+    announced: bool,
+}
+
+/// A connection attempt's outcome, for the node of that index.
+type Opened = (usize, std::io::Result<Box<dyn Stream>>);
+
+/// One Redis node and its connection.
+struct Node {
+    target: Target,
+    link: Option<Link>,
+    /// A connection attempt is under way.
+    opening: bool,
+    /// Wait before the next attempt (zero: at once).
+    delay: Duration,
+    attempt: u32,
+    /// It serves slots in the latest map (a single Redis always does):
+    /// only such nodes are connected to.
+    serving: bool,
 }
 
 /// What the task waits for from Redis, in the order it will come.
 enum Awaiting {
     /// A `subscribe` or `psubscribe` acknowledgement, and who waits for it.
     Subscribed(Topic, Vec<oneshot::Sender<Result<(), Error>>>),
-    Unsubscribed,
+    /// An unsubscribe's acknowledgement, for this topic's name.
+    Unsubscribed(Bytes),
     Pong,
     /// `FUNCTION LOAD`'s reply.
     Loaded,
@@ -126,6 +177,10 @@ enum Awaiting {
 
 /// A live connection.
 struct Link {
+    /// The index of its node.
+    node: usize,
+    /// Shard channels (`SSUBSCRIBE`): a cluster.
+    shard: bool,
     writer: WriteHalf<Box<dyn Stream>>,
     /// What the reader task read, in order; closed when the connection ends.
     chunks: mpsc::UnboundedReceiver<Bytes>,
@@ -200,91 +255,181 @@ async fn read_ahead(
 }
 
 impl Subscriber {
+    pub fn new(
+        layout: Layout,
+        registry: Arc<Registry>,
+        history: Settings,
+        health: Arc<Health>,
+        requests: mpsc::UnboundedReceiver<Request>,
+        read_ahead: usize,
+        shutdown: CancellationToken,
+    ) -> Subscriber {
+        let (opened, arrivals) = mpsc::unbounded_channel();
+        let mut subscriber = Subscriber {
+            layout,
+            registry,
+            history,
+            health,
+            requests,
+            read_ahead,
+            shutdown,
+            wanted: HashMap::new(),
+            last: HashMap::new(),
+            nodes: Vec::new(),
+            placed: HashMap::new(),
+            opened,
+            arrivals: Some(arrivals),
+            announced: false,
+        };
+        if let Layout::Single(target) = &subscriber.layout {
+            let node = Node::new(target.clone());
+            subscriber.nodes.push(node);
+        }
+        subscriber
+    }
+
     pub async fn run(mut self) {
-        while let Some(mut link) = self.connect().await {
-            let served = self.serve(&mut link).await;
-            self.health.subscribed.store(false, Ordering::Relaxed);
-            metrics::get().redis_connected.set(0);
-            self.abandon(link);
-            match served {
-                Ok(()) => return,
-                Err(Lost) => {
-                    metrics::get().redis_reconnects.inc();
-                    tracing::warn!("redis: connection lost; reconnecting");
-                    self.signal_gaps();
-                }
-            }
+        let Some(mut arrivals) = self.arrivals.take() else { return };
+        if matches!(self.layout, Layout::Cluster(_)) {
+            self.reconcile();
         }
-    }
-
-    /// Connects (retrying with backoff, refusing requests meanwhile) and
-    /// sends the resubscriptions and refills. `None` on shutdown.
-    async fn connect(&mut self) -> Option<Link> {
-        let mut delay = BACKOFF_FIRST;
-        let mut attempt = 1u32;
+        let start = Instant::now() + HEALTH_CHECK_EVERY;
+        let mut health = tokio::time::interval_at(start, HEALTH_CHECK_EVERY);
+        health.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut flush = Flush::default();
         loop {
-            match self.target.open().await {
-                Ok(stream) => {
-                    let (reader, writer) = tokio::io::split(stream);
-                    let (sender, chunks) = mpsc::unbounded_channel();
-                    let ahead = Arc::new(Ahead {
-                        bytes: AtomicUsize::new(0),
-                        limit: self.read_ahead,
-                        paused: AtomicBool::new(false),
-                        drained: Notify::new(),
-                        heard: std::sync::Mutex::new(Instant::now()),
-                    });
-                    let reader = tokio::spawn(read_ahead(reader, sender, Arc::clone(&ahead)));
-                    let mut link = Link {
-                        writer,
-                        chunks,
-                        ahead,
-                        reader,
-                        input: BytesMut::new(),
-                        output: BytesMut::new(),
-                        awaiting: VecDeque::new(),
-                        refilling: HashSet::new(),
-                    };
-                    self.restore(&mut link);
-                    match link.write().await {
-                        Ok(()) => return Some(link),
-                        Err(Lost) => tracing::warn!("redis: connection lost while resubscribing"),
+            self.open_links();
+            self.write_all().await;
+            self.announce();
+            tokio::select! {
+                (index, chunk) = read_any(&mut self.nodes) => match chunk {
+                    // Everything read before the end is handled first.
+                    None => self.lose(index),
+                    Some(chunk) => {
+                        let taken = self.take_input(index, chunk, &mut flush);
+                        flush.run();
+                        if taken.is_err() {
+                            self.lose(index);
+                        }
                     }
-                }
-                Err(error) => tracing::warn!(
-                    attempt,
-                    "redis: cannot connect ({error}); retrying in {} ms",
-                    delay.as_millis()
-                ),
+                },
+                Some((index, opened)) = arrivals.recv() => self.opened(index, opened),
+                request = self.requests.recv() => {
+                    let Some(first) = request else { return };
+                    self.apply(first);
+                    while let Ok(request) = self.requests.try_recv() {
+                        self.apply(request);
+                    }
+                },
+                _ = health.tick() => self.check(),
+                () = map_changed(&mut self.layout) => self.reconcile(),
+                // The publishing connection came up: announce.
+                _ = self.health.changed.notified(), if !self.announced => {},
+                _ = self.shutdown.cancelled() => return,
             }
-            let pause = tokio::time::sleep(delay.mul_f64(0.5 + fastrand::f64() / 2.0));
-            tokio::pin!(pause);
-            loop {
-                tokio::select! {
-                    _ = &mut pause => break,
-                    request = self.requests.recv() => match request {
-                        Some(request) => self.refuse(request),
-                        None => return None,
-                    },
-                    _ = self.shutdown.cancelled() => return None,
-                }
-            }
-            delay = (delay * 2).min(BACKOFF_MAX);
-            attempt += 1;
         }
     }
 
-    /// Queues what a new connection needs: the functions, every topic in
-    /// use, and a read of each history channel from its last message.
-    fn restore(&mut self, link: &mut Link) {
-        if self.history.size > 0 {
-            resp::command(
-                &mut link.output,
-                &[b"FUNCTION", b"LOAD", b"REPLACE", stored::LIBRARY.as_bytes()],
-            );
-            link.expect(Awaiting::Loaded);
+    /// Starts a connection attempt for each serving node without one, after
+    /// its backoff; the outcome comes back through `opened`.
+    fn open_links(&mut self) {
+        for (index, node) in self.nodes.iter_mut().enumerate() {
+            if !node.serving || node.link.is_some() || node.opening {
+                continue;
+            }
+            node.opening = true;
+            let target = node.target.clone();
+            let delay = node.delay.mul_f64(0.5 + fastrand::f64() / 2.0);
+            let opened = self.opened.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(delay).await;
+                let _ = opened.send((index, target.open().await));
+            });
         }
-        let topics: Vec<Topic> = self.wanted.keys().cloned().collect();
+    }
+
+    /// A connection attempt came back: on success, resubscribe what lives
+    /// there; on failure, back off (and, on a cluster, read the map again:
+    /// the master may be gone for good).
+    fn opened(&mut self, index: usize, opened: std::io::Result<Box<dyn Stream>>) {
+        let shard = matches!(self.layout, Layout::Cluster(_));
+        let Some(node) = self.nodes.get_mut(index) else { return };
+        node.opening = false;
+        match opened {
+            Ok(_) if !node.serving => {}
+            Ok(stream) => {
+                node.delay = Duration::ZERO;
+                node.attempt = 0;
+                let (reader, writer) = tokio::io::split(stream);
+                let (sender, chunks) = mpsc::unbounded_channel();
+                let ahead = Arc::new(Ahead {
+                    bytes: AtomicUsize::new(0),
+                    limit: self.read_ahead,
+                    paused: AtomicBool::new(false),
+                    drained: Notify::new(),
+                    heard: std::sync::Mutex::new(Instant::now()),
+                });
+                let reader = tokio::spawn(read_ahead(reader, sender, Arc::clone(&ahead)));
+                let mut link = Link {
+                    node: index,
+                    shard,
+                    writer,
+                    chunks,
+                    ahead,
+                    reader,
+                    input: BytesMut::new(),
+                    output: BytesMut::new(),
+                    awaiting: VecDeque::new(),
+                    refilling: HashSet::new(),
+                };
+                if self.history.size > 0 {
+                    resp::command(
+                        &mut link.output,
+                        &[b"FUNCTION", b"LOAD", b"REPLACE", stored::LIBRARY.as_bytes()],
+                    );
+                    link.expect(Awaiting::Loaded);
+                }
+                self.nodes[index].link = Some(link);
+                self.place_waiting();
+            }
+            Err(error) => {
+                node.attempt += 1;
+                node.delay = (node.delay * 2).clamp(BACKOFF_FIRST, BACKOFF_MAX);
+                let where_ =
+                    if shard { format!(" to {}", node.target.describe()) } else { String::new() };
+                tracing::warn!(
+                    attempt = node.attempt,
+                    "redis: cannot connect{where_} ({error}); retrying in {} ms",
+                    node.delay.as_millis()
+                );
+                self.refresh();
+            }
+        }
+    }
+
+    /// Subscribes every topic waiting for a connection whose node's
+    /// connection is up: the subscription, and a read of each history
+    /// channel from its last message.
+    fn place_waiting(&mut self) {
+        let waiting: Vec<Topic> =
+            self.wanted.keys().filter(|topic| !self.placed.contains_key(*topic)).cloned().collect();
+        let mut by_node: HashMap<usize, Vec<Topic>> = HashMap::new();
+        for topic in waiting {
+            if let Some(index) = self.route(&topic) {
+                by_node.entry(index).or_default().push(topic);
+            }
+        }
+        for (index, topics) in by_node {
+            let Some(mut link) = self.nodes[index].link.take() else { continue };
+            self.place(&topics, &mut link);
+            self.nodes[index].link = Some(link);
+        }
+    }
+
+    /// Subscribes `topics` on `link`, refilling the history channels among
+    /// them from their last message.
+    fn place(&mut self, topics: &[Topic], link: &mut Link) {
+        tracing::debug!(node = link.node, "redis: subscribing {topics:?}");
         for kind in [Kind::Channel, Kind::Pattern] {
             let names: Vec<&Topic> = topics.iter().filter(|t| t.kind == kind).collect();
             if !names.is_empty() {
@@ -294,12 +439,209 @@ impl Subscriber {
                 }
             }
         }
-        for (channel, since) in &self.last {
-            let read =
-                stored::read(channel, Some(since.offset), self.read_limit(), true, &self.history);
-            link.output.extend_from_slice(&read);
-            link.refilling.insert(channel.clone());
-            link.expect(Awaiting::Refill { channel: channel.clone(), since: since.clone() });
+        for topic in topics {
+            self.placed.insert(topic.clone(), link.node);
+            let since = match topic.kind {
+                Kind::Channel => self.last.get(&topic.name),
+                Kind::Pattern => None,
+            };
+            if let Some(since) = since {
+                let read = stored::read(
+                    &topic.name,
+                    Some(since.offset),
+                    self.read_limit(),
+                    true,
+                    &self.history,
+                );
+                link.output.extend_from_slice(&read);
+                link.refilling.insert(topic.name.clone());
+                let since = since.clone();
+                link.expect(Awaiting::Refill { channel: topic.name.clone(), since });
+            }
+        }
+    }
+
+    /// The node that serves `topic` now, if known.
+    fn route(&mut self, topic: &Topic) -> Option<usize> {
+        let addr = match &self.layout {
+            Layout::Single(_) => return Some(0),
+            Layout::Cluster(shared) => shared.owner(&topic.name)?,
+        };
+        Some(self.node_at(&addr))
+    }
+
+    /// The node serving `topic`, when its connection is up.
+    fn live_route(&mut self, topic: &Topic) -> Option<usize> {
+        self.route(topic).filter(|&index| self.nodes[index].link.is_some())
+    }
+
+    /// The index of the node at `addr`, added if new.
+    fn node_at(&mut self, addr: &Addr) -> usize {
+        let found = self.nodes.iter().position(|node| node.target.addr() == *addr);
+        match found {
+            Some(index) => index,
+            None => {
+                let Layout::Cluster(shared) = &self.layout else { return 0 };
+                self.nodes.push(Node::new(shared.seed.at(&addr.0, addr.1)));
+                self.nodes.len() - 1
+            }
+        }
+    }
+
+    /// A new cluster map: connect to its masters, drop the others, and move
+    /// every channel whose slot is now elsewhere.
+    fn reconcile(&mut self) {
+        let Layout::Cluster(shared) = &mut self.layout else { return };
+        let map = Arc::clone(&shared.map.borrow_and_update());
+        for addr in &map.masters {
+            self.node_at(addr);
+        }
+        for node in &mut self.nodes {
+            let addr = node.target.addr();
+            node.serving = map.masters.contains(&addr);
+        }
+        let placed: Vec<(Topic, usize)> =
+            self.placed.iter().map(|(topic, index)| (topic.clone(), *index)).collect();
+        let mut flush = Flush::default();
+        for (topic, index) in placed {
+            let route = self.route(&topic);
+            if route == Some(index) {
+                continue;
+            }
+            tracing::debug!(from = index, to = ?route, "redis: map moves {topic:?}");
+            if let Some(link) = self.nodes[index].link.as_mut() {
+                link.change(false, topic.kind, &[&topic]);
+                link.expect(Awaiting::Unsubscribed(topic.name.clone()));
+            }
+            tracing::info!(
+                "redis cluster: channel {} moved; resubscribing at its new master",
+                String::from_utf8_lossy(&topic.name)
+            );
+            self.displace(&topic, &mut flush);
+        }
+        flush.run();
+        for index in 0..self.nodes.len() {
+            if !self.nodes[index].serving
+                && let Some(link) = self.nodes[index].link.take()
+            {
+                self.abandon(link);
+            }
+        }
+        self.place_waiting();
+    }
+
+    /// `topic` left its connection: until it is subscribed again, its
+    /// subscribers are told of the gap, or (history) refilled afterwards.
+    fn displace(&mut self, topic: &Topic, flush: &mut Flush) {
+        self.placed.remove(topic);
+        if !self.last.contains_key(&topic.name) || topic.kind == Kind::Pattern {
+            self.gap(topic, flush);
+        }
+        self.refresh();
+    }
+
+    /// On a cluster: asks for the map to be read again.
+    fn refresh(&self) {
+        if let Layout::Cluster(shared) = &self.layout {
+            shared.refresh.notify_one();
+        }
+    }
+
+    /// The connection of node `index` is gone: whoever waits on it is
+    /// refused, its topics wait for the next one (with the gap signal, or a
+    /// refill later), and it is opened again.
+    fn lose(&mut self, index: usize) {
+        let Some(link) = self.nodes[index].link.take() else { return };
+        self.abandon(link);
+        self.health.subscribed.store(false, Ordering::Relaxed);
+        self.announced = false;
+        metrics::get().redis_connected.set(0);
+        metrics::get().redis_reconnects.inc();
+        match &self.layout {
+            Layout::Single(_) => tracing::warn!("redis: connection lost; reconnecting"),
+            Layout::Cluster(_) => tracing::warn!(
+                "redis: connection lost to {}; reconnecting",
+                self.nodes[index].target.describe()
+            ),
+        }
+        let topics: Vec<Topic> = self
+            .placed
+            .iter()
+            .filter(|(_, placed)| **placed == index)
+            .map(|(topic, _)| topic.clone())
+            .collect();
+        let mut flush = Flush::default();
+        for topic in topics {
+            self.displace(&topic, &mut flush);
+        }
+        flush.run();
+        self.refresh();
+    }
+
+    /// Writes what each connection has queued; a failed write loses it.
+    async fn write_all(&mut self) {
+        for index in 0..self.nodes.len() {
+            let Some(link) = self.nodes[index].link.as_mut() else { continue };
+            if link.write().await.is_err() {
+                self.lose(index);
+            }
+        }
+    }
+
+    /// Readiness: every serving node connected, everything resubscribed.
+    fn announce(&mut self) {
+        let mut serving = self.nodes.iter().filter(|node| node.serving).peekable();
+        let up = serving.peek().is_some()
+            && serving.all(|node| node.link.as_ref().is_some_and(|link| link.awaiting.is_empty()))
+            && self.placed.len() == self.wanted.len();
+        if !up {
+            return;
+        }
+        if !self.health.subscribed.swap(true, Ordering::Relaxed) {
+            self.health.changed.notify_waiters();
+        }
+        if !self.announced && self.health.ready() {
+            self.announced = true;
+            // Once every resubscription is acknowledged and publishing
+            // works too: tests and operators take this line as "ready".
+            metrics::get().redis_connected.set(1);
+            match &self.layout {
+                Layout::Single(_) => tracing::info!(
+                    "redis: connected; {} channels and patterns subscribed",
+                    self.wanted.len()
+                ),
+                Layout::Cluster(_) => tracing::info!(
+                    "redis: connected to {} masters; {} channels subscribed",
+                    self.nodes.iter().filter(|node| node.serving).count(),
+                    self.wanted.len()
+                ),
+            }
+        }
+    }
+
+    /// Each second: a connection whose answer is late is lost; an idle one
+    /// is pinged; on a cluster, channels still waiting for a master make
+    /// the map be read again, and are subscribed again where the map says
+    /// (Redis also drops a slot's shard subscriptions when the slot is
+    /// assigned again to the same master, with no change to the map).
+    fn check(&mut self) {
+        for index in 0..self.nodes.len() {
+            let Some(link) = self.nodes[index].link.as_mut() else { continue };
+            let late =
+                link.awaiting.front().is_some_and(|(sent, _)| sent.elapsed() > REDIS_TIMEOUT);
+            if late && link.ahead.silent_for() > REDIS_TIMEOUT {
+                tracing::warn!("redis: no answer within {} s", REDIS_TIMEOUT.as_secs());
+                self.lose(index);
+                continue;
+            }
+            if !link.awaiting.iter().any(|(_, a)| matches!(a, Awaiting::Pong)) {
+                resp::command(&mut link.output, &[b"PING"]);
+                link.expect(Awaiting::Pong);
+            }
+        }
+        if self.placed.len() < self.wanted.len() {
+            self.refresh();
+            self.place_waiting();
         }
     }
 
@@ -309,108 +651,67 @@ impl Subscriber {
         self.history.size.saturating_mul(2).saturating_add(128)
     }
 
-    /// Serves until the connection is lost (`Err`) or shutdown (`Ok`).
-    async fn serve(&mut self, link: &mut Link) -> Result<(), Lost> {
-        let start = Instant::now() + HEALTH_CHECK_EVERY;
-        let mut health = tokio::time::interval_at(start, HEALTH_CHECK_EVERY);
-        health.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut announced = false;
-        let mut flush = Flush::default();
-        loop {
-            self.take_input(link, &mut flush)?;
-            flush.run();
-            if link.awaiting.is_empty() && !self.health.subscribed.swap(true, Ordering::Relaxed) {
-                self.health.changed.notify_waiters();
-            }
-            if !announced && link.awaiting.is_empty() && self.health.ready() {
-                announced = true;
-                // Once every resubscription is acknowledged and publishing
-                // works too: tests and operators take this line as "ready".
-                metrics::get().redis_connected.set(1);
-                tracing::info!(
-                    "redis: connected; {} channels and patterns subscribed",
-                    self.wanted.len()
-                );
-            }
-            tokio::select! {
-                chunk = link.chunks.recv() => match chunk {
-                    // Everything read before the end is handled first.
-                    None => return Err(Lost),
-                    Some(chunk) => link.take(chunk),
-                },
-                request = self.requests.recv() => {
-                    let Some(first) = request else { return Ok(()) };
-                    self.apply(first, link);
-                    while let Ok(request) = self.requests.try_recv() {
-                        self.apply(request, link);
-                    }
-                    link.write().await?;
-                },
-                _ = health.tick() => {
-                    let late = link.awaiting.front().is_some_and(|(sent, _)| sent.elapsed() > REDIS_TIMEOUT);
-                    if late && link.ahead.silent_for() > REDIS_TIMEOUT {
-                        tracing::warn!("redis: no answer within {} s", REDIS_TIMEOUT.as_secs());
-                        return Err(Lost);
-                    }
-                    if !link.awaiting.iter().any(|(_, a)| matches!(a, Awaiting::Pong)) {
-                        resp::command(&mut link.output, &[b"PING"]);
-                        link.expect(Awaiting::Pong);
-                        link.write().await?;
-                    }
-                },
-                // The publishing connection came up: announce.
-                _ = self.health.changed.notified(), if !announced => {},
-                _ = self.shutdown.cancelled() => return Ok(()),
-            }
-        }
+    /// Handles every whole frame of what node `index`'s reader read.
+    fn take_input(&mut self, index: usize, chunk: Bytes, flush: &mut Flush) -> Result<(), Lost> {
+        let Some(mut link) = self.nodes[index].link.take() else { return Ok(()) };
+        link.take(chunk);
+        let taken = self.take_input_of(&mut link, flush);
+        self.nodes[index].link = Some(link);
+        taken
     }
 
-    /// Handles every whole frame in the read buffer.
-    fn take_input(&mut self, link: &mut Link, flush: &mut Flush) -> Result<(), Lost> {
+    fn take_input_of(&mut self, link: &mut Link, flush: &mut Flush) -> Result<(), Lost> {
+        // Out of the link while frames borrow from it, so that the handlers
+        // may change the rest of the link.
+        let mut input = std::mem::take(&mut link.input);
         let mut used = 0;
+        let mut result = Ok(());
         loop {
-            let (value, len) = match resp::parse(&link.input[used..]) {
+            let (value, len) = match resp::parse(&input[used..]) {
                 Ok(Some(parsed)) => parsed,
                 Ok(None) => break,
                 Err(malformed) => {
                     tracing::warn!("redis: {malformed}");
-                    return Err(Lost);
+                    result = Err(Lost);
+                    break;
                 }
             };
             used += len;
-            match value {
-                Value::Push(items) => {
-                    self.push(&items, &mut link.awaiting, &link.refilling, flush)?
-                }
-                reply => {
-                    let Some((_, awaiting)) = link.awaiting.pop_front() else {
+            let handled = match value {
+                Value::Push(items) => self.push(&items, link, flush),
+                reply => match link.awaiting.pop_front() {
+                    Some((_, awaiting)) => self.reply(awaiting, &reply, link, flush),
+                    None => {
                         tracing::warn!("redis: a reply nothing asked for");
-                        return Err(Lost);
-                    };
-                    self.reply(awaiting, &reply, &mut link.refilling, flush)?;
-                }
+                        Err(Lost)
+                    }
+                },
+            };
+            if handled.is_err() {
+                result = handled;
+                break;
             }
         }
-        link.input.advance(used);
+        input.advance(used);
+        link.input = input;
         // Handled: the reader may read that much more.
         let before = link.ahead.bytes.fetch_sub(used, Ordering::AcqRel);
         if before >= link.ahead.limit && before - used < link.ahead.limit {
             link.ahead.drained.notify_one();
         }
-        Ok(())
+        result
     }
 
     /// A push: a message, or an acknowledgement.
     fn push(
         &mut self,
         items: &[Value<'_>],
-        awaiting: &mut VecDeque<(Instant, Awaiting)>,
-        refilling: &HashSet<Bytes>,
+        link: &mut Link,
         flush: &mut Flush,
     ) -> Result<(), Lost> {
         match items {
-            [Value::Bulk(b"message"), Value::Bulk(channel), Value::Bulk(payload)] => {
-                self.message(None, channel, payload, refilling, flush);
+            [Value::Bulk(b"message" | b"smessage"), Value::Bulk(channel), Value::Bulk(payload)] => {
+                self.message(None, channel, payload, &link.refilling, flush);
             }
             [
                 Value::Bulk(b"pmessage"),
@@ -418,22 +719,45 @@ impl Subscriber {
                 Value::Bulk(channel),
                 Value::Bulk(payload),
             ] => {
-                self.message(Some(pattern), channel, payload, refilling, flush);
+                self.message(Some(pattern), channel, payload, &link.refilling, flush);
             }
-            [Value::Bulk(b"subscribe" | b"psubscribe" | b"unsubscribe" | b"punsubscribe"), ..] => {
-                match awaiting.pop_front() {
-                    Some((_, Awaiting::Subscribed(_, waiters))) => {
-                        for waiter in waiters {
-                            let _ = waiter.send(Ok(()));
-                        }
-                    }
-                    Some((_, Awaiting::Unsubscribed)) => {}
-                    _ => {
-                        tracing::warn!("redis: an acknowledgement nothing asked for");
-                        return Err(Lost);
-                    }
+            // Not the answer to our SUNSUBSCRIBE: the channel's slot left
+            // this master (resharding, a failover).
+            [Value::Bulk(b"sunsubscribe"), Value::Bulk(channel), ..]
+                if !matches!(
+                    link.awaiting.front(),
+                    Some((_, Awaiting::Unsubscribed(name))) if name[..] == channel[..]
+                ) =>
+            {
+                let topic = Topic::channel(Bytes::copy_from_slice(channel));
+                tracing::debug!(node = link.node, "redis: sunsubscribe pushed for {topic:?}");
+                if self.placed.get(&topic) == Some(&link.node) {
+                    tracing::info!(
+                        "redis cluster: channel {} moved; resubscribing at its new master",
+                        String::from_utf8_lossy(channel)
+                    );
+                    link.refilling.remove(&topic.name);
+                    self.displace(&topic, flush);
                 }
             }
+            [
+                Value::Bulk(
+                    b"subscribe" | b"psubscribe" | b"ssubscribe" | b"unsubscribe" | b"punsubscribe"
+                    | b"sunsubscribe",
+                ),
+                ..,
+            ] => match link.awaiting.pop_front() {
+                Some((_, Awaiting::Subscribed(_, waiters))) => {
+                    for waiter in waiters {
+                        let _ = waiter.send(Ok(()));
+                    }
+                }
+                Some((_, Awaiting::Unsubscribed(_))) => {}
+                _ => {
+                    tracing::warn!("redis: an acknowledgement nothing asked for");
+                    return Err(Lost);
+                }
+            },
             // Other pushes (client tracking...) are not for us.
             _ => {}
         }
@@ -496,7 +820,7 @@ impl Subscriber {
         &mut self,
         awaiting: Awaiting,
         reply: &Value<'_>,
-        refilling: &mut HashSet<Bytes>,
+        link: &mut Link,
         flush: &mut Flush,
     ) -> Result<(), Lost> {
         match awaiting {
@@ -510,22 +834,30 @@ impl Subscriber {
                 }
             }
             // An error instead of acknowledgements: a refused SUBSCRIBE
-            // (an ACL). Its waiters are told; the others wait on.
+            // (an ACL; on a cluster, `MOVED`: the map was stale). Its
+            // waiters are told; on a cluster the others wait for the
+            // channel's new master.
             Awaiting::Subscribed(topic, waiters) => {
-                tracing::warn!(
-                    "redis: subscription refused: {}",
-                    String::from_utf8_lossy(reply.bytes().unwrap_or_default())
-                );
+                tracing::warn!("redis: subscription refused: {}", describe(reply));
                 for waiter in waiters {
                     self.release(&topic);
                     let _ = waiter.send(Err(Error::BackendUnavailable));
                 }
+                if link.shard && self.placed.get(&topic) == Some(&link.node) {
+                    link.refilling.remove(&topic.name);
+                    self.displace(&topic, flush);
+                }
             }
-            Awaiting::Unsubscribed => {}
+            Awaiting::Unsubscribed(_) => {}
             Awaiting::Join { join, cancelled } => self.joined(join, cancelled, reply, flush),
             Awaiting::Refill { channel, since } => {
-                refilling.remove(&channel);
-                self.refilled(channel, &since, reply, flush);
+                link.refilling.remove(&channel);
+                // A channel that left this connection meanwhile (its slot
+                // moved) is refilled where it went, from the same message.
+                let topic = Topic::channel(channel);
+                if self.placed.get(&topic) == Some(&link.node) {
+                    self.refilled(topic.name, &since, reply, flush);
+                }
             }
         }
         Ok(())
@@ -618,40 +950,39 @@ impl Subscriber {
         self.registry.gap(topic, flush);
     }
 
-    /// The connection is gone: subscribers of what cannot be refilled are
-    /// told at once.
-    fn signal_gaps(&self) {
-        let mut flush = Flush::default();
-        for topic in self.wanted.keys() {
-            if !self.last.contains_key(&topic.name) || topic.kind == Kind::Pattern {
-                self.gap(topic, &mut flush);
-            }
-        }
-        flush.run();
-    }
-
-    /// Turns one request into commands on `link`.
-    fn apply(&mut self, request: Request, link: &mut Link) {
+    /// Turns one request into commands on the connection of the node that
+    /// serves its topic; while that connection is down, a subscription that
+    /// needs it is refused at once.
+    fn apply(&mut self, request: Request) {
         match request {
             Request::Attach(topic, reply) => {
-                let count = self.wanted.entry(topic.clone()).or_insert(0);
-                *count += 1;
-                if *count == 1 {
-                    link.change(true, topic.kind, &[&topic]);
-                    link.expect(Awaiting::Subscribed(topic, vec![reply]));
-                } else if let Some(waiters) = link.in_flight(&topic) {
-                    // Redis has not acknowledged it yet: wait with the first.
-                    waiters.push(reply);
-                } else {
-                    let _ = reply.send(Ok(()));
+                let Some(index) = self.live_route(&topic) else {
+                    let _ = reply.send(Err(Error::BackendUnavailable));
+                    return;
+                };
+                *self.wanted.entry(topic.clone()).or_insert(0) += 1;
+                let Some(mut link) = self.nodes[index].link.take() else { return };
+                if !self.placed.contains_key(&topic) {
+                    self.place(std::slice::from_ref(&topic), &mut link);
                 }
+                match link.in_flight(&topic) {
+                    // Redis has not acknowledged it yet: wait with the first.
+                    Some(waiters) => waiters.push(reply),
+                    None => {
+                        let _ = reply.send(Ok(()));
+                    }
+                }
+                self.nodes[index].link = Some(link);
             }
             Request::Detach(topic, id) => {
+                let at = self.placed.get(&topic).copied();
+                let link = at.and_then(|index| self.nodes[index].link.as_mut());
                 if topic.kind == Kind::Channel && self.history.keeps(&topic.name) {
                     // Joins add to the registry here: undo here too, and
                     // cancel one still waiting for its read.
                     self.registry.remove(&topic, id);
-                    for (_, awaiting) in link.awaiting.iter_mut() {
+                    for (_, awaiting) in link.into_iter().flat_map(|link| link.awaiting.iter_mut())
+                    {
                         if let Awaiting::Join { join, cancelled } = awaiting
                             && join.channel == topic
                             && join.outbox.id() == id
@@ -660,19 +991,24 @@ impl Subscriber {
                         }
                     }
                 }
-                if self.release(&topic) {
+                if self.release(&topic)
+                    && let Some(link) = at.and_then(|index| self.nodes[index].link.as_mut())
+                {
                     link.change(false, topic.kind, &[&topic]);
-                    link.expect(Awaiting::Unsubscribed);
+                    link.expect(Awaiting::Unsubscribed(topic.name.clone()));
                 }
             }
             Request::Join(join) => {
+                let Some(index) = self.live_route(&join.channel) else {
+                    let _ = join.reply.send(Err(Error::BackendUnavailable));
+                    return;
+                };
+                let Some(mut link) = self.nodes[index].link.take() else { return };
                 if !join.subscribed {
-                    let count = self.wanted.entry(join.channel.clone()).or_insert(0);
-                    *count += 1;
-                    if *count == 1 {
-                        link.change(true, Kind::Channel, &[&join.channel]);
-                        link.expect(Awaiting::Subscribed(join.channel.clone(), Vec::new()));
-                    }
+                    *self.wanted.entry(join.channel.clone()).or_insert(0) += 1;
+                }
+                if !self.placed.contains_key(&join.channel) {
+                    self.place(std::slice::from_ref(&join.channel), &mut link);
                 }
                 let since = match &join.resume {
                     Some(Some(since)) => Some(since.offset),
@@ -682,21 +1018,7 @@ impl Subscriber {
                     stored::read(&join.channel.name, since, self.read_limit(), true, &self.history);
                 link.output.extend_from_slice(&read);
                 link.expect(Awaiting::Join { join, cancelled: false });
-            }
-        }
-    }
-
-    /// While Redis is down every subscription needs it: refuse at once.
-    fn refuse(&mut self, request: Request) {
-        match request {
-            Request::Attach(_, reply) => {
-                let _ = reply.send(Err(Error::BackendUnavailable));
-            }
-            Request::Join(join) => {
-                let _ = join.reply.send(Err(Error::BackendUnavailable));
-            }
-            Request::Detach(topic, _) => {
-                self.release(&topic);
+                self.nodes[index].link = Some(link);
             }
         }
     }
@@ -710,6 +1032,7 @@ impl Subscriber {
             }
             Some(_) => {
                 self.wanted.remove(topic);
+                self.placed.remove(topic);
                 if topic.kind == Kind::Channel {
                     self.last.remove(&topic.name);
                 }
@@ -766,18 +1089,26 @@ impl Link {
         self.awaiting.push_back((Instant::now(), awaiting));
     }
 
-    /// Queues `(P)SUBSCRIBE` (or `(P)UNSUBSCRIBE`) of `topics`, all of `kind`.
+    /// Queues `(P)SUBSCRIBE` (or `(P)UNSUBSCRIBE`) of `topics`, all of
+    /// `kind`, in one command; on a cluster `SSUBSCRIBE` (`SUNSUBSCRIBE`),
+    /// one command per channel, since one may name only channels of one
+    /// slot (pipelined all the same: one write).
     fn change(&mut self, subscribe: bool, kind: Kind, topics: &[&Topic]) {
-        let verb: &[u8] = match (subscribe, kind) {
-            (true, Kind::Channel) => b"SUBSCRIBE",
-            (true, Kind::Pattern) => b"PSUBSCRIBE",
-            (false, Kind::Channel) => b"UNSUBSCRIBE",
-            (false, Kind::Pattern) => b"PUNSUBSCRIBE",
+        let verb: &[u8] = match (subscribe, kind, self.shard) {
+            (true, Kind::Channel, false) => b"SUBSCRIBE",
+            (true, Kind::Channel, true) => b"SSUBSCRIBE",
+            (true, Kind::Pattern, _) => b"PSUBSCRIBE",
+            (false, Kind::Channel, false) => b"UNSUBSCRIBE",
+            (false, Kind::Channel, true) => b"SUNSUBSCRIBE",
+            (false, Kind::Pattern, _) => b"PUNSUBSCRIBE",
         };
-        let mut args: Vec<&[u8]> = Vec::with_capacity(topics.len() + 1);
-        args.push(verb);
-        args.extend(topics.iter().map(|topic| &topic.name[..]));
-        resp::command(&mut self.output, &args);
+        let per_command = if self.shard { 1 } else { topics.len().max(1) };
+        for topics in topics.chunks(per_command) {
+            let mut args: Vec<&[u8]> = Vec::with_capacity(topics.len() + 1);
+            args.push(verb);
+            args.extend(topics.iter().map(|topic| &topic.name[..]));
+            resp::command(&mut self.output, &args);
+        }
     }
 
     /// The waiters of a `SUBSCRIBE` of `topic` not yet acknowledged.
@@ -804,6 +1135,49 @@ impl Link {
             _ => Err(Lost),
         }
     }
+}
+
+impl Node {
+    fn new(target: Target) -> Node {
+        Node {
+            target,
+            link: None,
+            opening: false,
+            delay: Duration::ZERO,
+            attempt: 0,
+            serving: true,
+        }
+    }
+}
+
+/// What whichever connection's reader read first: `(node, chunk)`, `None`
+/// once that connection ended. Never ready without a connection. Starts at
+/// a random one, so that a busy master cannot starve the others.
+async fn read_any(nodes: &mut [Node]) -> (usize, Option<Bytes>) {
+    let start = fastrand::usize(..nodes.len().max(1));
+    std::future::poll_fn(|cx| {
+        let count = nodes.len();
+        for step in 0..count {
+            let index = (start + step) % count;
+            let Some(link) = nodes[index].link.as_mut() else { continue };
+            if let Poll::Ready(chunk) = link.chunks.poll_recv(cx) {
+                return Poll::Ready((index, chunk));
+            }
+        }
+        Poll::Pending
+    })
+    .await
+}
+
+/// Resolves when a cluster's map changes; never for a single Redis (nor
+/// once the map's task is gone).
+async fn map_changed(layout: &mut Layout) {
+    if let Layout::Cluster(shared) = layout
+        && shared.map.changed().await.is_ok()
+    {
+        return;
+    }
+    std::future::pending().await
 }
 
 /// A replay the connection's budget cannot hold would cut it off as a slow
