@@ -129,7 +129,69 @@ fn line(buf: &[u8], from: usize) -> Option<usize> {
 }
 
 fn integer(text: &[u8]) -> Result<i64, Malformed> {
-    std::str::from_utf8(text).ok().and_then(|t| t.parse().ok()).ok_or(Malformed)
+    let (negative, digits) = match text {
+        [b'-', digits @ ..] => (true, digits),
+        digits => (false, digits),
+    };
+    if digits.is_empty() || digits.len() > 18 {
+        // 18 digits cannot overflow an i64; longer is no length we accept.
+        return Err(Malformed);
+    }
+    let mut value = 0i64;
+    for &digit in digits {
+        if !digit.is_ascii_digit() {
+            return Err(Malformed);
+        }
+        value = value * 10 + i64::from(digit - b'0');
+    }
+    Ok(if negative { -value } else { value })
+}
+
+/// A Pub/Sub message push (`message`, `smessage` or `pmessage`), borrowed
+/// from the buffer.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Message<'a> {
+    pub pattern: Option<&'a [u8]>,
+    pub channel: &'a [u8],
+    pub payload: &'a [u8],
+}
+
+/// The message push at the front of `buf` and its length, parsed without
+/// allocating: most of what a subscription connection carries. `None` for
+/// anything else, or a message not complete yet: [`parse`] then says which.
+pub fn message(buf: &[u8]) -> Option<(Message<'_>, usize)> {
+    const MESSAGE: &[u8] = b">3\r\n$7\r\nmessage\r\n";
+    const SMESSAGE: &[u8] = b">3\r\n$8\r\nsmessage\r\n";
+    const PMESSAGE: &[u8] = b">4\r\n$8\r\npmessage\r\n";
+    let (mut at, pattern) = if buf.starts_with(MESSAGE) {
+        (MESSAGE.len(), false)
+    } else if buf.starts_with(SMESSAGE) {
+        (SMESSAGE.len(), false)
+    } else if buf.starts_with(PMESSAGE) {
+        (PMESSAGE.len(), true)
+    } else {
+        return None;
+    };
+    let pattern = if pattern { Some(bulk(buf, &mut at)?) } else { None };
+    let channel = bulk(buf, &mut at)?;
+    let payload = bulk(buf, &mut at)?;
+    Some((Message { pattern, channel, payload }, at))
+}
+
+/// The bulk string at `at`, which moves past it.
+fn bulk<'a>(buf: &'a [u8], at: &mut usize) -> Option<&'a [u8]> {
+    if buf.get(*at) != Some(&b'$') {
+        return None;
+    }
+    let cr = line(buf, *at + 1)?;
+    let len = usize::try_from(integer(&buf[*at + 1..cr]).ok()?).ok()?;
+    let start = cr + 2;
+    let end = start.checked_add(len).filter(|_| len <= MAX_BULK)?;
+    if buf.get(end..end + 2)? != b"\r\n" {
+        return None;
+    }
+    *at = end + 2;
+    Some(&buf[start..end])
 }
 
 impl<'a> Value<'a> {
@@ -191,6 +253,21 @@ mod tests {
             Value::Push(vec![Value::Bulk(b"message"), Value::Bulk(b"news"), Value::Bulk(b"hello")])
         );
         assert_eq!(&wire[len..], b"+OK\r\n");
+    }
+
+    #[test]
+    fn message_pushes_are_read_without_the_generic_parser() {
+        let wire = b">4\r\n$8\r\npmessage\r\n$2\r\nn*\r\n$4\r\nnews\r\n$2\r\nhi\r\n:1\r\n";
+        let (message, len) = message(wire).expect("a pmessage");
+        let expected = Message { pattern: Some(b"n*"), channel: b"news", payload: b"hi" };
+        assert_eq!(message, expected);
+        assert_eq!(&wire[len..], b":1\r\n");
+        for end in 0..len {
+            assert_eq!(super::message(&wire[..end]), None, "prefix of {end} bytes");
+        }
+        assert_eq!(super::message(b">3\r\n$9\r\nsubscribe\r\n$1\r\na\r\n:1\r\n"), None);
+        let bad = b">3\r\n$7\r\nmessage\r\n$-1\r\n$2\r\nhi\r\n";
+        assert_eq!(super::message(bad), None, "left to the generic parser");
     }
 
     #[test]

@@ -667,6 +667,12 @@ impl Subscriber {
         let mut used = 0;
         let mut result = Ok(());
         loop {
+            if let Some((message, len)) = resp::message(&input[used..]) {
+                used += len;
+                let pattern = message.pattern;
+                self.message(pattern, message.channel, message.payload, &link.refilling, flush);
+                continue;
+            }
             let (value, len) = match resp::parse(&input[used..]) {
                 Ok(Some(parsed)) => parsed,
                 Ok(None) => break,
