@@ -31,6 +31,7 @@
 
 pub mod cluster;
 pub mod connect;
+mod link;
 pub mod publisher;
 pub mod resp;
 pub mod subscriber;

@@ -37,21 +37,20 @@
 //! now. A single Redis is the same machinery with one node that serves
 //! everything.
 
-use bytes::{Buf, Bytes, BytesMut};
-use std::collections::{HashMap, HashSet, VecDeque};
+use bytes::{Buf, Bytes};
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::Poll;
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt, ReadHalf, WriteHalf};
-use tokio::sync::{Notify, mpsc, oneshot};
-use tokio::task::JoinHandle;
+use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::Health;
 use super::cluster::{self, Addr};
 use super::connect::{REDIS_TIMEOUT, Stream, Target};
+use super::link::{Awaiting, Link, Lost};
 use super::resp::{self, Value};
 use crate::broker::{Kind, Registry, Topic};
 use crate::history::redis::{self as stored, Read};
@@ -67,8 +66,6 @@ const HEALTH_CHECK_EVERY: Duration = Duration::from_secs(1);
 /// Reconnection backoff: first delay and cap (each delay is jittered).
 pub const BACKOFF_FIRST: Duration = Duration::from_millis(100);
 pub const BACKOFF_MAX: Duration = Duration::from_secs(5);
-/// Read buffer: grown by this much when less is free.
-const READ_CHUNK: usize = 64 * 1024;
 
 /// What connections ask of the subscription connection.
 pub enum Request {
@@ -152,106 +149,6 @@ struct Node {
     /// It serves slots in the latest map (a single Redis always does):
     /// only such nodes are connected to.
     serving: bool,
-}
-
-/// What the task waits for from Redis, in the order it will come.
-enum Awaiting {
-    /// A `subscribe` or `psubscribe` acknowledgement, and who waits for it.
-    Subscribed(Topic, Vec<oneshot::Sender<Result<(), Error>>>),
-    /// An unsubscribe's acknowledgement, for this topic's name.
-    Unsubscribed(Bytes),
-    Pong,
-    /// `FUNCTION LOAD`'s reply.
-    Loaded,
-    /// A join's read (`cancelled`: its connection left meanwhile).
-    Join {
-        join: Join,
-        cancelled: bool,
-    },
-    /// A history channel read again after a reconnect, from `since`.
-    Refill {
-        channel: Bytes,
-        since: Position,
-    },
-}
-
-/// A live connection.
-struct Link {
-    /// The index of its node.
-    node: usize,
-    /// Shard channels (`SSUBSCRIBE`): a cluster.
-    shard: bool,
-    writer: WriteHalf<Box<dyn Stream>>,
-    /// What the reader task read, in order; closed when the connection ends.
-    chunks: mpsc::UnboundedReceiver<Bytes>,
-    ahead: Arc<Ahead>,
-    reader: JoinHandle<()>,
-    /// Read and not yet handled: a frame's start.
-    input: BytesMut,
-    output: BytesMut,
-    awaiting: VecDeque<(Instant, Awaiting)>,
-    /// History channels being refilled: their messages until the read's
-    /// reply are in it, so they are not delivered live.
-    refilling: HashSet<Bytes>,
-}
-
-/// The connection failed or timed out; the task reconnects.
-struct Lost;
-
-/// What the reader task and the subscriber task share.
-struct Ahead {
-    /// Bytes read and not yet handled.
-    bytes: AtomicUsize,
-    limit: usize,
-    /// The reader waits for the fan-out to catch up.
-    paused: AtomicBool,
-    /// Wakes a paused reader.
-    drained: Notify,
-    /// When Redis last sent something: a silent Redis is a lost one.
-    heard: std::sync::Mutex<Instant>,
-}
-
-impl Ahead {
-    /// How long Redis has said nothing we have not yet handled: an answer
-    /// late by this much is lost, not queued behind a backlog.
-    fn silent_for(&self) -> Duration {
-        if self.paused.load(Ordering::Relaxed) || self.bytes.load(Ordering::Acquire) > 0 {
-            // Not reading, by choice, or not done with what was read: the
-            // answer may well be there.
-            return Duration::ZERO;
-        }
-        crate::sync::lock(&self.heard).elapsed()
-    }
-}
-
-/// Reads from Redis until the connection ends, at most `ahead.limit`
-/// bytes ahead of the subscriber task.
-async fn read_ahead(
-    mut reader: ReadHalf<Box<dyn Stream>>,
-    chunks: mpsc::UnboundedSender<Bytes>,
-    ahead: Arc<Ahead>,
-) {
-    let mut buf = BytesMut::new();
-    loop {
-        while ahead.bytes.load(Ordering::Acquire) >= ahead.limit {
-            ahead.paused.store(true, Ordering::Relaxed);
-            ahead.drained.notified().await;
-        }
-        if ahead.paused.swap(false, Ordering::Relaxed) {
-            *crate::sync::lock(&ahead.heard) = Instant::now();
-        }
-        buf.reserve(READ_CHUNK);
-        match reader.read_buf(&mut buf).await {
-            Ok(0) | Err(_) => return,
-            Ok(read) => {
-                ahead.bytes.fetch_add(read, Ordering::AcqRel);
-                *crate::sync::lock(&ahead.heard) = Instant::now();
-                if chunks.send(buf.split().freeze()).is_err() {
-                    return;
-                }
-            }
-        }
-    }
 }
 
 impl Subscriber {
@@ -360,28 +257,7 @@ impl Subscriber {
             Ok(stream) => {
                 node.delay = Duration::ZERO;
                 node.attempt = 0;
-                let (reader, writer) = tokio::io::split(stream);
-                let (sender, chunks) = mpsc::unbounded_channel();
-                let ahead = Arc::new(Ahead {
-                    bytes: AtomicUsize::new(0),
-                    limit: self.read_ahead,
-                    paused: AtomicBool::new(false),
-                    drained: Notify::new(),
-                    heard: std::sync::Mutex::new(Instant::now()),
-                });
-                let reader = tokio::spawn(read_ahead(reader, sender, Arc::clone(&ahead)));
-                let mut link = Link {
-                    node: index,
-                    shard,
-                    writer,
-                    chunks,
-                    ahead,
-                    reader,
-                    input: BytesMut::new(),
-                    output: BytesMut::new(),
-                    awaiting: VecDeque::new(),
-                    refilling: HashSet::new(),
-                };
+                let mut link = Link::new(index, shard, stream, self.read_ahead);
                 if self.history.size > 0 {
                     resp::command(
                         &mut link.output,
@@ -700,11 +576,7 @@ impl Subscriber {
         }
         input.advance(used);
         link.input = input;
-        // Handled: the reader may read that much more.
-        let before = link.ahead.bytes.fetch_sub(used, Ordering::AcqRel);
-        if before >= link.ahead.limit && before - used < link.ahead.limit {
-            link.ahead.drained.notify_one();
-        }
+        link.ahead.handled(used);
         result
     }
 
@@ -1066,79 +938,6 @@ impl Subscriber {
                 }
                 _ => {}
             }
-        }
-    }
-}
-
-impl Drop for Link {
-    fn drop(&mut self) {
-        // The reader holds the socket's read half: the connection ends with it.
-        self.reader.abort();
-    }
-}
-
-impl Link {
-    /// Appends a chunk the reader read (without a copy when nothing is left
-    /// over from the last one).
-    fn take(&mut self, chunk: Bytes) {
-        if self.input.is_empty() {
-            match chunk.try_into_mut() {
-                Ok(chunk) => self.input = chunk,
-                Err(chunk) => self.input.extend_from_slice(&chunk),
-            }
-        } else {
-            self.input.extend_from_slice(&chunk);
-        }
-    }
-
-    fn expect(&mut self, awaiting: Awaiting) {
-        self.awaiting.push_back((Instant::now(), awaiting));
-    }
-
-    /// Queues `(P)SUBSCRIBE` (or `(P)UNSUBSCRIBE`) of `topics`, all of
-    /// `kind`, in one command; on a cluster `SSUBSCRIBE` (`SUNSUBSCRIBE`),
-    /// one command per channel, since one may name only channels of one
-    /// slot (pipelined all the same: one write).
-    fn change(&mut self, subscribe: bool, kind: Kind, topics: &[&Topic]) {
-        let verb: &[u8] = match (subscribe, kind, self.shard) {
-            (true, Kind::Channel, false) => b"SUBSCRIBE",
-            (true, Kind::Channel, true) => b"SSUBSCRIBE",
-            (true, Kind::Pattern, _) => b"PSUBSCRIBE",
-            (false, Kind::Channel, false) => b"UNSUBSCRIBE",
-            (false, Kind::Channel, true) => b"SUNSUBSCRIBE",
-            (false, Kind::Pattern, _) => b"PUNSUBSCRIBE",
-        };
-        let per_command = if self.shard { 1 } else { topics.len().max(1) };
-        for topics in topics.chunks(per_command) {
-            let mut args: Vec<&[u8]> = Vec::with_capacity(topics.len() + 1);
-            args.push(verb);
-            args.extend(topics.iter().map(|topic| &topic.name[..]));
-            resp::command(&mut self.output, &args);
-        }
-    }
-
-    /// The waiters of a `SUBSCRIBE` of `topic` not yet acknowledged.
-    fn in_flight(&mut self, topic: &Topic) -> Option<&mut Vec<oneshot::Sender<Result<(), Error>>>> {
-        for (_, awaiting) in self.awaiting.iter_mut().rev() {
-            match awaiting {
-                Awaiting::Subscribed(waiting, waiters) if waiting == topic => return Some(waiters),
-                _ => {}
-            }
-        }
-        None
-    }
-
-    /// Writes what is queued, within [`REDIS_TIMEOUT`].
-    async fn write(&mut self) -> Result<(), Lost> {
-        if self.output.is_empty() {
-            return Ok(());
-        }
-        match tokio::time::timeout(REDIS_TIMEOUT, self.writer.write_all(&self.output)).await {
-            Ok(Ok(())) => {
-                self.output.clear();
-                Ok(())
-            }
-            _ => Err(Lost),
         }
     }
 }
