@@ -7,14 +7,10 @@
 use bytes::Bytes;
 use std::sync::Arc;
 
-use std::sync::atomic::AtomicBool;
-
 use super::{Broker, Kind, Published, Registry, Subscribed, Topic, Waiter};
-use crate::history::Settings;
 use crate::history::memory::Memory;
-use crate::history::{Position, Resumed};
+use crate::history::{self, Position, Resumed, Settings};
 use crate::outbox::{ConnId, Flush, Outbox};
-use crate::protocol::Form;
 use crate::protocol::reply::Error;
 
 #[derive(Debug)]
@@ -61,22 +57,10 @@ impl Broker for Embedded {
         let name = channel.name.clone();
         let kept = self.history.with_ring(&name, |ring| {
             let topic = add(channel.clone())?;
-            let (mut resumed, mut missed) = self.history.resume(ring, since.as_ref());
-            // A replay the connection's budget cannot hold would cut it off
-            // as a slow consumer, again at every retry: say it cannot be
-            // recovered instead, so the client reloads. Half the budget, for
-            // the framing and the live messages that follow.
-            let replay: usize = missed.iter().map(|(_, payload)| payload.len() + 64).sum();
-            if replay > outbox.budget() / 2 {
-                resumed = Resumed::NotRecovered(Some(ring.position()));
-                missed.clear();
-            }
+            let (mut resumed, missed) = self.history.resume(ring, since.as_ref());
             // Queued under the ring's lock: before any message published after.
-            let active = AtomicBool::new(true);
-            for (position, payload) in missed {
-                let id = position.id();
-                let frame = |form: Form| form.encode(None, &name, &payload, Some(&id));
-                outbox.deliver(&active, frame, flush);
+            if !history::replay(outbox, &name, &missed, flush) {
+                resumed = Resumed::NotRecovered(Some(ring.position()));
             }
             Ok((topic, resumed))
         });

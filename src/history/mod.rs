@@ -14,9 +14,13 @@ pub mod memory;
 pub mod redis;
 
 use bytes::Bytes;
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
 use crate::broker::glob::Glob;
+use crate::outbox::{Flush, Outbox};
+use crate::protocol::Form;
 use crate::protocol::reply::Error;
 
 /// The history settings (every node behind one Redis must share them).
@@ -90,6 +94,31 @@ impl Position {
             .map_err(|_| Error::InvalidId)?;
         Ok(Some((epoch, offset)))
     }
+}
+
+/// Queues the messages a client missed on `channel` to its outbox, unless
+/// they would not fit: a replay the connection's budget cannot hold would
+/// cut it off as a slow consumer, again at every retry, so it is said to be
+/// unrecoverable instead (false), and the client reloads. Half the budget,
+/// for the framing and the live messages that follow. Both backends call it
+/// where nothing published later can be queued before it.
+pub fn replay(
+    outbox: &Arc<Outbox>,
+    channel: &[u8],
+    missed: &[(Position, Bytes)],
+    flush: &mut Flush,
+) -> bool {
+    let bytes: usize = missed.iter().map(|(_, payload)| payload.len() + 64).sum();
+    if bytes > outbox.budget() / 2 {
+        return false;
+    }
+    let active = AtomicBool::new(true);
+    for (position, payload) in missed {
+        let id = position.id();
+        let frame = |form: Form| form.encode(None, channel, payload, Some(&id));
+        outbox.deliver(&active, frame, flush);
+    }
+    true
 }
 
 /// What a resume found.

@@ -40,7 +40,7 @@
 use bytes::{Buf, Bytes};
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::task::Poll;
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
@@ -54,10 +54,9 @@ use super::link::{Awaiting, Link, Lost};
 use super::resp::{self, Value};
 use crate::broker::{Kind, Registry, Topic};
 use crate::history::redis::{self as stored, Read};
-use crate::history::{Position, Resumed, Settings};
+use crate::history::{self, Position, Resumed, Settings};
 use crate::metrics;
 use crate::outbox::{ConnId, Flush, Outbox};
-use crate::protocol::Form;
 use crate::protocol::reply::Error;
 
 /// How often the connection is checked with a PING, so that a silent
@@ -776,13 +775,7 @@ impl Subscriber {
         let resumed = join.resume.map(|since| {
             let missed = since.and_then(|since| read.after(&since, &self.history));
             match missed {
-                Some(missed) if replay_fits(&missed, &join.outbox) => {
-                    let active = AtomicBool::new(true);
-                    for (position, payload) in &missed {
-                        let id = position.id();
-                        let frame = |form: Form| form.encode(None, &name, payload, Some(&id));
-                        join.outbox.deliver(&active, frame, flush);
-                    }
+                Some(missed) if history::replay(&join.outbox, &name, &missed, flush) => {
                     Resumed::Recovered(missed.len())
                 }
                 _ => Resumed::NotRecovered(Some(position.clone())),
@@ -983,15 +976,6 @@ async fn map_changed(layout: &mut Layout) {
         return;
     }
     std::future::pending().await
-}
-
-/// A replay the connection's budget cannot hold would cut it off as a slow
-/// consumer, again at every retry: it is said to be unrecoverable instead,
-/// so the client reloads. Half the budget, for the framing and the live
-/// messages that follow.
-pub fn replay_fits(missed: &[(Position, Bytes)], outbox: &Outbox) -> bool {
-    let replay: usize = missed.iter().map(|(_, payload)| payload.len() + 64).sum();
-    replay <= outbox.budget() / 2
 }
 
 /// A reply for a log line.
