@@ -23,7 +23,7 @@ use axum::extract::{Extension, RawQuery, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use bytes::{BufMut, Bytes, BytesMut};
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::io::{self, IoSlice};
 use std::sync::Arc;
 use std::time::Duration;
@@ -284,10 +284,15 @@ impl Ids {
     /// For a stream of `channels` (distinct), no position known yet.
     fn new(channels: &[Bytes]) -> Ids {
         let keys: Vec<Vec<u8>> = channels.iter().map(|name| json::channel_key(name)).collect();
+        // Counted in one pass: a URL may name thousands of channels.
+        let mut counts: HashMap<&[u8], usize> = HashMap::with_capacity(keys.len());
+        for key in &keys {
+            *counts.entry(key).or_insert(0) += 1;
+        }
         let tracked = keys
             .iter()
             .map(|key| Tracked {
-                key: (keys.iter().filter(|other| *other == key).count() == 1).then(|| key.clone()),
+                key: (counts[&key[..]] == 1).then(|| key.clone()),
                 position: None,
             })
             .collect();
@@ -330,11 +335,10 @@ impl Ids {
     fn first(&mut self, lost: &[Bytes]) -> Option<Bytes> {
         let mut chunk = BytesMut::new();
         if !lost.is_empty() {
-            let channels: Vec<_> = lost.iter().map(|c| String::from_utf8_lossy(c)).collect();
-            let data = serde_json::json!({ "channels": channels }).to_string();
-            chunk.put_slice(b"event: reset\n");
+            // The id line, then the reset event's own lines: one event.
             self.write(&mut chunk);
-            chunk.put_slice(format!("data: {data}\n\n").as_bytes());
+            let names: Vec<&[u8]> = lost.iter().map(|name| &name[..]).collect();
+            chunk.put_slice(&json::reset(&names));
         } else if self.on {
             self.write(&mut chunk);
             chunk.put_u8(b'\n');
