@@ -396,6 +396,7 @@ pub async fn run(args: BenchArgs) -> Result<()> {
         dialect: args.target.dialect(),
         channels: p.channels,
         publishers: p.publishers,
+        size: args.size,
         buf_cap: match p.subscribers {
             0..=1_000 => 64 * 1024,
             1_001..=5_000 => 16 * 1024,

@@ -34,14 +34,71 @@ pub fn write(out: &mut BytesMut, h: Header, size: usize) {
     out.put_bytes(b'x', size.saturating_sub(HEADER_LEN));
 }
 
-/// Decodes the header at the start of a payload; `None` if it is not ours.
-pub fn read(payload: &[u8]) -> Option<Header> {
-    let head = payload.get(..HEADER_LEN)?;
-    Some(Header {
-        publisher: u32::try_from(get_hex(&head[0..8])?).ok()?,
-        seq: get_hex(&head[8..24])?,
-        sent_ns: get_hex(&head[24..40])?,
-    })
+/// What [`Sequences::check`] found in one payload.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Seen {
+    /// The next message of its publisher, or a later one (`skipped` missed
+    /// in between), sent at `sent_ns`.
+    InOrder { sent_ns: u64, skipped: u64 },
+    /// Older than one already seen from the same publisher.
+    Reordered { sent_ns: u64 },
+    /// Not a bench header, or an unknown publisher.
+    Corrupt,
+}
+
+/// The sequence numbers one subscriber expects next, per publisher. The
+/// usual case (the next number) is found by comparing the header's 16 hex
+/// digits with the expected ones, kept as text and counted up in place: no
+/// decoding per message but the send time's.
+pub struct Sequences {
+    next: Vec<u64>,
+    next_hex: Vec<[u8; 16]>,
+}
+
+impl Sequences {
+    pub fn new(publishers: usize) -> Self {
+        Sequences { next: vec![0; publishers], next_hex: vec![[b'0'; 16]; publishers] }
+    }
+
+    #[inline]
+    pub fn check(&mut self, payload: &[u8]) -> Seen {
+        let Some(head) = payload.get(..HEADER_LEN) else { return Seen::Corrupt };
+        let Some(publisher) = hex8(head[0..8].try_into().unwrap_or_default()) else {
+            return Seen::Corrupt;
+        };
+        let Some(sent_ns) = get_hex(&head[24..40]) else { return Seen::Corrupt };
+        let p = publisher as usize;
+        let (Some(next), Some(next_hex)) = (self.next.get_mut(p), self.next_hex.get_mut(p)) else {
+            return Seen::Corrupt;
+        };
+        if head[8..24] == next_hex[..] {
+            *next += 1;
+            count_up(next_hex);
+            return Seen::InOrder { sent_ns, skipped: 0 };
+        }
+        let Some(seq) = get_hex(&head[8..24]) else { return Seen::Corrupt };
+        if seq < *next {
+            return Seen::Reordered { sent_ns };
+        }
+        let skipped = seq - *next;
+        *next = seq + 1;
+        put_hex(next_hex, *next);
+        Seen::InOrder { sent_ns, skipped }
+    }
+}
+
+/// Adds one to a number written in lowercase hex digits.
+fn count_up(digits: &mut [u8]) {
+    for d in digits.iter_mut().rev() {
+        match *d {
+            b'9' => *d = b'a',
+            b'f' => *d = b'0',
+            _ => *d += 1,
+        }
+        if *d != b'0' {
+            return;
+        }
+    }
 }
 
 /// Writes `v` as exactly `dst.len()` hex digits (most significant first).
@@ -101,18 +158,63 @@ mod tests {
             serde_json::to_string(std::str::from_utf8(&b).expect("ASCII")).ok(),
             Some(format!("\"{}\"", String::from_utf8_lossy(&b)))
         );
-        assert_eq!(read(&b), Some(h));
-        assert_eq!(read(b"zz"), None);
-        assert_eq!(read(&[b'g'; HEADER_LEN]), None);
+        let mut seqs = Sequences::new(8);
+        seqs.next[7] = h.seq;
+        seqs.next_hex[7] = *b"00000000075bcd15";
+        assert_eq!(seqs.check(&b), Seen::InOrder { sent_ns: h.sent_ns, skipped: 0 });
+        assert_eq!(
+            Sequences::new(8).check(&b),
+            Seen::InOrder { sent_ns: h.sent_ns, skipped: h.seq }
+        );
         for bad in [b'/', b':', b'`', b'g', b'A', b'F', 0x80, 0xe6] {
-            let mut b = b.clone();
-            b[13] = bad;
-            assert_eq!(read(&b), None, "byte {bad:#x} is no hex digit");
+            for at in [3, 13, 30] {
+                let mut b = b.clone();
+                b[at] = bad;
+                assert_eq!(
+                    Sequences::new(8).check(&b),
+                    Seen::Corrupt,
+                    "byte {bad:#x} is no hex digit"
+                );
+            }
         }
         for v in [0, 1, 0x0123_4567_89ab_cdef, u64::MAX, 0xdead_beef] {
             let mut hex = [0u8; 16];
             put_hex(&mut hex, v);
             assert_eq!(get_hex(&hex), Some(v));
+        }
+    }
+
+    #[test]
+    fn counting_up_in_hex_text() {
+        for v in [0u64, 9, 0xf, 0xff, 0x19f, 0x0fff_ffff_ffff_fffe] {
+            let (mut hex, mut want) = ([0u8; 16], [0u8; 16]);
+            put_hex(&mut hex, v);
+            count_up(&mut hex);
+            put_hex(&mut want, v + 1);
+            assert_eq!(hex, want, "{v:#x} + 1");
+        }
+    }
+
+    #[test]
+    fn sequences_find_gaps_and_reordering() {
+        let message = |publisher, seq| {
+            let mut b = BytesMut::new();
+            write(&mut b, Header { publisher, seq, sent_ns: 5 }, 48);
+            b
+        };
+        let mut seqs = Sequences::new(2);
+        let in_order = |skipped| Seen::InOrder { sent_ns: 5, skipped };
+        assert_eq!(seqs.check(&message(0, 0)), in_order(0));
+        assert_eq!(seqs.check(&message(1, 0)), in_order(0));
+        assert_eq!(seqs.check(&message(0, 1)), in_order(0));
+        assert_eq!(seqs.check(&message(0, 5)), in_order(3));
+        assert_eq!(seqs.check(&message(0, 6)), in_order(0));
+        assert_eq!(seqs.check(&message(0, 2)), Seen::Reordered { sent_ns: 5 });
+        assert_eq!(seqs.check(&message(0, 7)), in_order(0));
+        assert_eq!(seqs.check(&message(2, 0)), Seen::Corrupt, "no publisher 2");
+        assert_eq!(seqs.check(b"short"), Seen::Corrupt);
+        for seq in 8..300 {
+            assert_eq!(seqs.check(&message(0, seq)), in_order(0));
         }
     }
 }

@@ -13,10 +13,10 @@ use tokio::sync::{Semaphore, mpsc};
 
 use super::http::Endpoint;
 use super::net::Connector;
-use super::payload;
+use super::payload::{Seen, Sequences};
 use super::report::Latencies;
 use super::targets::{self, Dialect, Frame};
-use super::wire::Wire;
+use super::wire::{Expected, Wire};
 use super::{sse, ws};
 
 /// State shared by all subscribers and watched by the orchestrator.
@@ -41,6 +41,8 @@ pub struct Plan {
     pub dialect: Dialect,
     pub channels: usize,
     pub publishers: usize,
+    /// Payload size of every message (`--size`).
+    pub size: usize,
     /// Read buffer size: large for few subscribers (fewer syscalls), small
     /// for many (memory).
     pub buf_cap: usize,
@@ -136,6 +138,8 @@ pub async fn run(
                 }
             };
             targets::subscribe(&mut stream, &mut wire, plan.dialect, &channel).await?;
+            let head = targets::delivery_head(plan.dialect, &channel, plan.size);
+            wire.expect(Expected { head, size: plan.size });
             anyhow::Ok(wire)
         };
         let wire = tokio::time::timeout(plan.timeout, opened)
@@ -161,7 +165,7 @@ pub async fn run(
     drop(ready);
 
     // Next expected sequence number per publisher (this connection has one channel).
-    let mut next_seq = vec![0u64; plan.publishers];
+    let mut sequences = Sequences::new(plan.publishers);
     let mut lat: Vec<u64> = Vec::with_capacity(1024);
     // Replies the wire owes the server (PONGs).
     let mut out: Vec<u8> = Vec::new();
@@ -187,23 +191,21 @@ pub async fn run(
             match frame {
                 Frame::Message(p) => {
                     got += 1;
-                    let Some(h) = payload::read(p) else {
-                        st.corrupt += 1;
-                        return true;
+                    let sent_ns = match sequences.check(p) {
+                        Seen::InOrder { sent_ns, skipped } => {
+                            st.gaps += skipped;
+                            sent_ns
+                        }
+                        Seen::Reordered { sent_ns } => {
+                            st.reordered += 1;
+                            sent_ns
+                        }
+                        Seen::Corrupt => {
+                            st.corrupt += 1;
+                            return true;
+                        }
                     };
-                    let Some(next) = next_seq.get_mut(h.publisher as usize) else {
-                        st.corrupt += 1;
-                        return true;
-                    };
-                    if h.seq == *next {
-                        *next += 1;
-                    } else if h.seq > *next {
-                        st.gaps += h.seq - *next;
-                        *next = h.seq + 1;
-                    } else {
-                        st.reordered += 1;
-                    }
-                    lat.push(now.saturating_sub(h.sent_ns));
+                    lat.push(now.saturating_sub(sent_ns));
                 }
                 Frame::Error(e) => {
                     st.error = Some(format!("server said {:?}", targets::show(e)));

@@ -387,6 +387,20 @@ const NATS_CONNECT: &[u8] = b"CONNECT {\"verbose\":false,\"pedantic\":false}";
 /// it keeps version 1, where a delivery is one message holding the payload.
 /// An event stream is already subscribed: its request named the channel and
 /// its response head, read by [`super::sse::handshake`], confirmed it.
+/// What precedes the payload of a `size`-byte message on `channel` as the
+/// dialect delivers it to a subscriber of [`subscribe`] over TCP (crier in
+/// version 2).
+pub fn delivery_head(d: Dialect, channel: &str, size: usize) -> Vec<u8> {
+    match d {
+        Dialect::Crier => format!("MESSAGE {channel} {size}\r\n"),
+        Dialect::Resp => {
+            format!("*3\r\n$7\r\nmessage\r\n${}\r\n{channel}\r\n${size}\r\n", channel.len())
+        }
+        Dialect::Nats => format!("MSG {channel} 1 {size}\r\n"),
+    }
+    .into_bytes()
+}
+
 pub async fn subscribe(
     stream: &mut TcpStream,
     wire: &mut Wire,
@@ -540,6 +554,15 @@ mod tests {
                 Frame::Pong
             ]
         );
+    }
+
+    #[test]
+    fn the_delivery_head_is_what_each_parser_reads_as_a_message() {
+        for d in [Dialect::Crier, Dialect::Resp, Dialect::Nats] {
+            let mut b = delivery_head(d, "bench.12", 5);
+            b.extend_from_slice(b"abcde\r\n");
+            assert_eq!(all(d, &b), vec![Frame::Message(b"abcde")], "{d:?}");
+        }
     }
 
     #[test]
