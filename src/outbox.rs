@@ -526,15 +526,29 @@ impl State {
         // An event stream rewrites each event's id as it writes it, so it
         // needs its frames one by one.
         if frame.len() < COPY_BELOW && self.form.framing != Framing::EventStream {
-            if self.tail.len() + frame.len() > BLOCK {
-                self.seal();
-            }
-            self.tail.extend_from_slice(frame);
+            self.append(frame);
         } else {
             self.seal();
             self.queue.push_back(Entry::Frame(frame.clone()));
         }
         if idle { Accepted::Idle } else { Accepted::Queued }
+    }
+
+    /// Copies a small frame to the end of the open block. The first frame of
+    /// a block gets just its size (one message to each of many idle
+    /// connections must not cost each a large buffer); a block that grows
+    /// is in a burst, and grows fourfold, at least to 1 KiB, so that the
+    /// reallocations (made under the lock producers take) stay few.
+    fn append(&mut self, frame: &[u8]) {
+        if self.tail.len() + frame.len() > BLOCK {
+            self.seal();
+        }
+        let (len, capacity) = (self.tail.len(), self.tail.capacity());
+        if capacity - len < frame.len() && len > 0 {
+            let grown = (capacity * 4).clamp(1024, BLOCK).max(len + frame.len());
+            self.tail.reserve(grown - len);
+        }
+        self.tail.extend_from_slice(frame);
     }
 
     /// Queues the open block as one frame. Taking it leaves no allocation
