@@ -31,8 +31,14 @@ trap 'stop; rm -rf "$work"' EXIT
 # cuts them (default 32 MB): a node fed by a publisher at full speed needs
 # more than the default to absorb the burst (docs/operations.md).
 redis_settings=(--save '' --appendonly no --maxclients 20000)
+# In redis mode crier's nodes get the same per-client budget as Redis's
+# Pub/Sub clients (--max-pending): the load generator's 1,000 readers fall
+# behind at 1 KiB, and a neutral cell lets both servers buffer as much for
+# them. With crier's default (8 MiB) they are cut as slow consumers.
+crier_redis_settings=()
 if [ "$what" = redis ]; then
     redis_settings+=(--client-output-buffer-limit "pubsub 512mb 128mb 60")
+    crier_redis_settings+=(--max-pending $((512 * 1024 * 1024)))
 fi
 
 # start SYSTEM: starts a fresh server; sets PID (the server to measure),
@@ -57,7 +63,8 @@ start() {
             redis-server --port $redis_port "${redis_settings[@]}" --daemonize yes \
                 --pidfile "$work/redis.pid" --logfile "$work/redis.log" >/dev/null
             wait_port $redis_port
-            set -- crier --redis "redis://127.0.0.1:$redis_port" --history-size 1000
+            set -- crier --redis "redis://127.0.0.1:$redis_port" --history-size 1000 \
+                "${crier_redis_settings[@]}"
             EXTRA=(--publish-redis "127.0.0.1:$redis_port" --publish-via-function)
         elif [ "$1" = crier-history ]; then
             # Every channel keeps its last 1,000 messages.
@@ -71,7 +78,7 @@ start() {
             redis-server --port $redis_port "${redis_settings[@]}" --daemonize yes \
                 --pidfile "$work/redis.pid" --logfile "$work/redis.log" >/dev/null
             wait_port $redis_port
-            set -- crier --redis "redis://127.0.0.1:$redis_port"
+            set -- crier --redis "redis://127.0.0.1:$redis_port" "${crier_redis_settings[@]}"
             EXTRA=(--publish-redis "127.0.0.1:$redis_port")
         elif [ "$1" = crier ]; then
             set -- crier
