@@ -10,11 +10,13 @@
 //! Files: `targets` (wire dialects), `wire` (TCP, WebSocket or SSE framing of
 //! a dialect), `http` (the request and response head both use), `ws` (the
 //! WebSocket client side), `sse` (the Server-Sent Events client side),
-//! `payload` (the message header),
+//! `payload` (the message header), `cluster` (Redis Cluster direct: which
+//! master serves each channel),
 //! `subscriber` / `publisher` (the connection loops), `net` (connecting many
 //! sockets), `report` (histograms, summary, JSON); process facts (rlimit,
 //! rusage, /proc) are `crier::sys`, shared with the server.
 
+mod cluster;
 mod http;
 mod join;
 mod net;
@@ -114,7 +116,8 @@ pub struct BenchArgs {
     /// channel `bench.{i % channels}`.
     #[arg(long, default_value_t = 1)]
     pub subscribers: usize,
-    /// Publisher connections (fanout mode).
+    /// Publishers (fanout mode): one connection each (one per master with
+    /// --redis-cluster).
     #[arg(long, default_value_t = 1)]
     pub publishers: usize,
     /// Channels to spread subscribers and messages over (fanout mode).
@@ -165,6 +168,18 @@ pub struct BenchArgs {
     /// 1,000 messages per channel), not `PUBLISH`.
     #[arg(long, requires = "publish_redis")]
     pub publish_via_function: bool,
+    /// With --target redis: --addr is one node (a seed) of a Redis Cluster,
+    /// measured directly. The bench reads the slots from it (`CLUSTER
+    /// SLOTS`), each subscriber `SSUBSCRIBE`s at its channel's master, and
+    /// each of the --publishers has one connection per master owning a
+    /// channel of the run (publish connections = publishers × masters),
+    /// sending `SPUBLISH` for that master's channels only. At full speed
+    /// each connection publishes as fast as its master answers, so channels
+    /// get unequal counts (each channel's own count is what its subscribers
+    /// are checked against); with --messages or --rate a publisher's share
+    /// is split over its connections by their channel counts.
+    #[arg(long, conflicts_with = "publish_redis")]
+    pub redis_cluster: bool,
     /// The server's process id: report its memory (VmRSS) and CPU time.
     #[arg(long, value_name = "PID")]
     pub server_pid: Option<u32>,
@@ -221,6 +236,9 @@ impl Params {
         }
         if a.messages == Some(0) {
             bail!("--messages must be at least 1");
+        }
+        if a.redis_cluster && a.target != Target::Redis {
+            bail!("--redis-cluster is for --target redis (crier finds a cluster's masters itself)");
         }
         match a.transport {
             Transport::Tcp if a.http_addr.is_some() => {
@@ -291,6 +309,14 @@ fn redis_addr(spec: &str) -> Result<String> {
     })
 }
 
+/// A server and the channels the bench uses on it: the one server, or one
+/// master of a Redis Cluster.
+struct Route {
+    sub: Arc<Connector>,
+    publish: Arc<Connector>,
+    channels: Vec<usize>,
+}
+
 /// Aborts the tasks it still holds when dropped, so that an early error
 /// return does not leave connections behind.
 struct Tasks<T>(Vec<JoinHandle<T>>);
@@ -313,7 +339,17 @@ pub async fn run(args: BenchArgs) -> Result<()> {
     let cpu_start = sys::own_cpu_seconds();
     let p = Params::resolve(&args)?;
     let timeout = Duration::from_secs_f64(args.timeout);
-    let conns_total = p.subscribers + p.publishers;
+    let addr = args.addr.clone().unwrap_or_else(|| args.target.default_addr().to_string());
+    // A Redis Cluster: where each channel lives, asked of the seed at --addr.
+    let layout = if args.redis_cluster {
+        let seed = Connector::new(&addr, 1, false, timeout).await?;
+        let map = cluster::slot_map(&seed, timeout).await?;
+        Some(cluster::Layout::of(&map, p.channels)?)
+    } else {
+        None
+    };
+    let masters = layout.as_ref().map_or(1, |l| l.masters.len());
+    let conns_total = p.subscribers + p.publishers * masters;
 
     let nofile = sys::raise_nofile().context("reading the open-file limit (RLIMIT_NOFILE)")?;
     if nofile.now > nofile.before {
@@ -333,7 +369,6 @@ pub async fn run(args: BenchArgs) -> Result<()> {
         );
     }
 
-    let addr = args.addr.clone().unwrap_or_else(|| args.target.default_addr().to_string());
     let sources =
         args.source_addrs.unwrap_or_else(|| conns_total.div_ceil(CONNS_PER_SOURCE)).max(1);
     let explicit_sources = args.source_addrs.is_some();
@@ -373,7 +408,31 @@ pub async fn run(args: BenchArgs) -> Result<()> {
             let c = Connector::new(&raddr, 1, false, timeout).await?;
             (Arc::new(c), Dialect::Resp, format!("redis:{raddr}"))
         }
+        None if layout.is_some() => {
+            (native_conn.clone(), Dialect::RespCluster, "redis-cluster".to_string())
+        }
         None => (native_conn.clone(), args.target.dialect(), args.target.name().to_string()),
+    };
+    let dialect = if layout.is_some() { Dialect::RespCluster } else { args.target.dialect() };
+    // The channels each server serves: one server, or each master of a cluster.
+    let routes = match &layout {
+        None => vec![Route {
+            sub: sub_conn.clone(),
+            publish: pub_conn.clone(),
+            channels: (0..p.channels).collect(),
+        }],
+        Some(l) => {
+            let mut routes = Vec::with_capacity(l.masters.len());
+            for (m, master) in l.masters.iter().enumerate() {
+                let c = Arc::new(Connector::new(master, sources, explicit_sources, timeout).await?);
+                routes.push(Route { sub: c.clone(), publish: c, channels: l.channels_of(m) });
+            }
+            routes
+        }
+    };
+    let route_of_channel = layout.as_ref().map_or_else(|| vec![0; p.channels], |l| l.owner.clone());
+    let servers = |of: fn(&Route) -> &Arc<Connector>| {
+        routes.iter().map(|r| of(r).server.to_string()).collect::<Vec<_>>().join(",")
     };
 
     let pid = args.server_pid;
@@ -393,7 +452,7 @@ pub async fn run(args: BenchArgs) -> Result<()> {
         latencies: Latencies::new(p.subscribers.min(8))?,
     });
     let sub_plan = Arc::new(subscriber::Plan {
-        dialect: args.target.dialect(),
+        dialect,
         channels: p.channels,
         publishers: p.publishers,
         size: args.size,
@@ -417,7 +476,7 @@ pub async fn run(args: BenchArgs) -> Result<()> {
                 tokio::spawn(subscriber::run(
                     i,
                     sub_plan.clone(),
-                    sub_conn.clone(),
+                    routes[route_of_channel[i % p.channels]].sub.clone(),
                     shared.clone(),
                     gate.clone(),
                     ready_tx.clone(),
@@ -483,31 +542,42 @@ pub async fn run(args: BenchArgs) -> Result<()> {
         start,
     });
     let (go_tx, go_rx) = watch::channel(false);
-    let mut pubs = Tasks(Vec::with_capacity(p.publishers));
+    let mut pubs = Tasks(Vec::with_capacity(p.publishers * routes.len()));
     let publishers = if args.receive_only { 0 } else { p.publishers };
+    // A publisher's messages and rate are split over its connections (one
+    // per route) by their channel counts.
+    let weights: Vec<usize> = routes.iter().map(|r| r.channels.len()).collect();
     for j in 0..publishers {
-        let (stream, buf) =
-            publisher::connect(&pub_conn, p.subscribers + j, pub_dialect, timeout).await?;
         let share = |total: u64| {
             total / p.publishers as u64 + u64::from((j as u64) < total % p.publishers as u64)
         };
-        let job = publisher::Job {
-            id: j as u32,
-            messages: p.messages.map(share),
-            duration: p.duration.map(Duration::from_secs_f64),
-            rate: p.rate.map(|r| r / p.publishers as f64),
-        };
-        pubs.0.push(tokio::spawn(publisher::run(
-            stream,
-            buf,
-            job,
-            pub_plan.clone(),
-            go_rx.clone(),
-        )));
+        let messages = p.messages.map(|m| cluster::split(share(m), &weights));
+        for (r, route) in routes.iter().enumerate() {
+            let index = p.subscribers + j * routes.len() + r;
+            let (stream, buf) =
+                publisher::connect(&route.publish, index, pub_dialect, timeout).await?;
+            let job = publisher::Job {
+                id: j as u32,
+                channels: route.channels.clone(),
+                messages: messages.as_ref().and_then(|m| m.get(r).copied()),
+                duration: p.duration.map(Duration::from_secs_f64),
+                rate: p.rate.map(|rate| {
+                    rate / p.publishers as f64 * route.channels.len() as f64 / p.channels as f64
+                }),
+            };
+            pubs.0.push(tokio::spawn(publisher::run(
+                stream,
+                buf,
+                job,
+                pub_plan.clone(),
+                go_rx.clone(),
+            )));
+        }
     }
+    let publish_conns = pubs.0.len();
     let publish_start_ns = shared.now_ns();
     go_tx.send_replace(true);
-    let mut pub_stats = Vec::with_capacity(p.publishers);
+    let mut pub_stats = Vec::with_capacity(publish_conns);
     for h in std::mem::take(&mut pubs.0) {
         pub_stats.push(h.await.unwrap_or_else(|e| publisher::Stats {
             fatal: Some(format!("publisher task failed: {e}")),
@@ -600,11 +670,13 @@ pub async fn run(args: BenchArgs) -> Result<()> {
         target: args.target,
         mode: args.mode,
         transport: args.transport,
-        addr: sub_conn.server.to_string(),
-        publish_addr: pub_conn.server.to_string(),
+        addr: servers(|r| &r.sub),
+        publish_addr: servers(|r| &r.publish),
         publish_via,
+        redis_cluster_masters: layout.as_ref().map(|l| l.masters.len()),
         subscribers: p.subscribers,
         publishers: p.publishers,
+        publish_conns,
         channels: p.channels,
         size: args.size,
         rate: p.rate,

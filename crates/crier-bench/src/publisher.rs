@@ -33,10 +33,16 @@ pub struct Plan {
     pub start: Instant,
 }
 
-/// What one publisher does.
-#[derive(Debug, Clone, Copy)]
+/// What one publisher connection does.
+#[derive(Debug, Clone)]
 pub struct Job {
+    /// The publisher id in every header it sends. On a Redis Cluster a
+    /// publisher has one connection (one job) per master, each with the
+    /// master's own channels: each (publisher, channel) sequence is still
+    /// sent in order on one connection.
     pub id: u32,
+    /// The channels it publishes to, in turn (never empty).
+    pub channels: Vec<usize>,
     pub messages: Option<u64>,
     pub duration: Option<Duration>,
     /// Messages per second for this publisher; `None` = as fast as possible.
@@ -214,6 +220,10 @@ pub async fn run(
     mut go: watch::Receiver<bool>,
 ) -> Stats {
     let mut st = Stats { per_channel: vec![0; plan.channels], ..Stats::default() };
+    if job.channels.is_empty() || job.channels.iter().any(|&c| c >= plan.channels) {
+        st.fatal = Some(format!("publisher {}: bad channel list {:?}", job.id, job.channels));
+        return st;
+    }
     let per_pong = per_pong(plan.dialect, plan.window);
     let (rd, mut wr) = stream.into_split();
     let sem = Arc::new(Semaphore::new(plan.window));
@@ -260,7 +270,7 @@ pub async fn run(
                 break;
             }
             for _ in 0..n {
-                let ch = (job.id as usize + st.sent as usize) % plan.channels;
+                let ch = job.channels[(job.id as usize + st.sent as usize) % job.channels.len()];
                 let seq = st.per_channel[ch];
                 st.per_channel[ch] += 1;
                 let h = Header {

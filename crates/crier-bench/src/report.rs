@@ -107,10 +107,15 @@ pub struct Report {
     pub addr: String,
     /// `target` itself, or `redis:ADDR` with `--publish-redis`.
     pub publish_via: String,
-    /// Where the publishers connect.
+    /// Where the publishers connect (with `--redis-cluster`, every master
+    /// owning a channel of the run, comma-separated; so is `addr`).
     pub publish_addr: String,
+    /// `--redis-cluster`: how many masters own the run's channels.
+    pub redis_cluster_masters: Option<usize>,
     pub subscribers: usize,
     pub publishers: usize,
+    /// Publisher connections: `publishers`, times the masters on a cluster.
+    pub publish_conns: usize,
     pub channels: usize,
     pub size: usize,
     pub rate: Option<f64>,
@@ -185,6 +190,13 @@ impl Report {
             "  params:     subscribers={} publishers={} channels={} size={} B rate={} for {} window={}",
             self.subscribers, self.publishers, self.channels, self.size, rate, limit, self.window
         );
+        if let Some(masters) = self.redis_cluster_masters {
+            println!(
+                "  cluster:    {masters} master(s) own the channels; {} publisher connection(s), \
+                 one per publisher and master",
+                self.publish_conns
+            );
+        }
         println!(
             "  setup:      {} subscribers confirmed in {:.2} s over {} source address(es)",
             self.subscribers, self.setup_s, self.source_addrs

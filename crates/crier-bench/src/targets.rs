@@ -1,5 +1,6 @@
 //! The wire dialects the bench speaks: crier (v2 pushes over TCP, v1
-//! messages over WebSocket), Redis (RESP2) and NATS. Each has a small
+//! messages over WebSocket), Redis (RESP2; on a Redis Cluster, shard
+//! channels) and NATS. Each has a small
 //! incremental parser over a `BytesMut` (crier's is `crier::protocol::push`,
 //! shared with the clients and the tests) and the request encoders, so one
 //! generic subscriber / publisher loop drives all three (through a [`Wire`],
@@ -83,11 +84,15 @@ impl Target {
 }
 
 /// A wire protocol. Distinct from [`Target`] because crier with a Redis
-/// backend may be published to over RESP (`--publish-redis`).
+/// backend may be published to over RESP (`--publish-redis`), and Redis
+/// measured as a cluster (`--redis-cluster`) speaks RESP with shard channels.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Dialect {
     Crier,
     Resp,
+    /// RESP2 to one master of a Redis Cluster: `SSUBSCRIBE`, `SPUBLISH`,
+    /// deliveries as `smessage` pushes.
+    RespCluster,
     Nats,
 }
 
@@ -119,7 +124,7 @@ const MAX_LINE: usize = 64 * 1024;
 pub fn next_frame(d: Dialect, buf: &[u8]) -> Result<Option<(Frame<'_>, usize)>> {
     match d {
         Dialect::Crier => crier_frame(buf),
-        Dialect::Resp => resp_frame(buf),
+        Dialect::Resp | Dialect::RespCluster => resp_frame(buf),
         Dialect::Nats => nats_frame(buf),
     }
 }
@@ -287,7 +292,7 @@ fn resp_frame(buf: &[u8]) -> Result<Option<(Frame<'_>, usize)>> {
         pos = used;
     }
     let frame = match (n, items[0]) {
-        (3, Item::Bulk(k)) if k == b"message" => match items[2] {
+        (3, Item::Bulk(k)) if k == b"message" || k == b"smessage" => match items[2] {
             Item::Bulk(p) => Frame::Message(p),
             _ => bail!("RESP message without a bulk payload"),
         },
@@ -295,7 +300,13 @@ fn resp_frame(buf: &[u8]) -> Result<Option<(Frame<'_>, usize)>> {
             Item::Bulk(p) => Frame::Message(p),
             _ => bail!("RESP pmessage without a bulk payload"),
         },
-        (_, Item::Bulk(k)) if k == b"subscribe" || k == b"psubscribe" => Frame::Ack,
+        (_, Item::Bulk(k)) if k == b"subscribe" || k == b"psubscribe" || k == b"ssubscribe" => {
+            Frame::Ack
+        }
+        // A cluster drops a shard channel's subscribers when its slot moves
+        // away: nothing more will arrive on this connection, which must not
+        // pass for a quiet channel.
+        (_, Item::Bulk(k)) if k == b"sunsubscribe" => Frame::Error(k),
         (_, Item::Bulk(k)) if k == b"pong" => Frame::Pong,
         _ => Frame::Other,
     };
@@ -396,6 +407,9 @@ pub fn delivery_head(d: Dialect, channel: &str, size: usize) -> Vec<u8> {
         Dialect::Resp => {
             format!("*3\r\n$7\r\nmessage\r\n${}\r\n{channel}\r\n${size}\r\n", channel.len())
         }
+        Dialect::RespCluster => {
+            format!("*3\r\n$8\r\nsmessage\r\n${}\r\n{channel}\r\n${size}\r\n", channel.len())
+        }
         Dialect::Nats => format!("MSG {channel} 1 {size}\r\n"),
     }
     .into_bytes()
@@ -424,8 +438,10 @@ pub async fn subscribe(
             stream.write_all(&req).await?;
             expect(stream, wire, Want::Ack, 2).await
         }
-        Dialect::Resp => {
-            resp_command(&mut req, &[b"SUBSCRIBE", channel.as_bytes()]);
+        Dialect::Resp | Dialect::RespCluster => {
+            let command: &[u8] =
+                if d == Dialect::RespCluster { b"SSUBSCRIBE" } else { b"SUBSCRIBE" };
+            resp_command(&mut req, &[command, channel.as_bytes()]);
             stream.write_all(&req).await?;
             expect(stream, wire, Want::Ack, 1).await
         }
@@ -445,7 +461,7 @@ pub async fn subscribe(
 pub async fn publisher_hello(stream: &mut TcpStream, wire: &mut Wire, d: Dialect) -> Result<()> {
     match d {
         Dialect::Crier => stream.write_all(b"PING\r\n").await?,
-        Dialect::Resp => stream.write_all(b"*1\r\n$4\r\nPING\r\n").await?,
+        Dialect::Resp | Dialect::RespCluster => stream.write_all(b"*1\r\n$4\r\nPING\r\n").await?,
         Dialect::Nats => {
             expect(stream, wire, Want::Info, 1).await?;
             let mut req = NATS_CONNECT.to_vec();
@@ -489,6 +505,10 @@ impl Encoder {
                     }
                     Dialect::Resp => {
                         format!("*3\r\n$7\r\nPUBLISH\r\n${}\r\n{ch}\r\n${size}\r\n", ch.len())
+                    }
+                    // To the channel's master (the publisher's connection).
+                    Dialect::RespCluster => {
+                        format!("*3\r\n$8\r\nSPUBLISH\r\n${}\r\n{ch}\r\n${size}\r\n", ch.len())
                     }
                     Dialect::Nats => format!("PUB {ch} {size}\r\n"),
                 };
@@ -557,8 +577,40 @@ mod tests {
     }
 
     #[test]
+    fn resp_shard_channel_pushes_and_replies() {
+        // What a cluster master sends a shard channel's subscriber (RESP2).
+        let b = b"*3\r\n$10\r\nssubscribe\r\n$7\r\nbench.0\r\n:1\r\n\
+                  *3\r\n$8\r\nsmessage\r\n$7\r\nbench.0\r\n$4\r\nhi\r\n\r\n\
+                  -MOVED 15082 127.0.0.1:7203\r\n\
+                  *3\r\n$12\r\nsunsubscribe\r\n$7\r\nbench.0\r\n:0\r\n\
+                  *3\r\n$8\r\nsmessage\r\n$1\r\nc\r\n$9\r\nab";
+        assert_eq!(
+            all(Dialect::RespCluster, b),
+            vec![
+                Frame::Ack,
+                Frame::Message(b"hi\r\n"),
+                Frame::Error(b"-MOVED 15082 127.0.0.1:7203"),
+                Frame::Error(b"sunsubscribe"),
+            ]
+        );
+        assert!(
+            next_frame(Dialect::RespCluster, b"*3\r\n$8\r\nsmessage\r\n$1\r\nc\r\n:4\r\n").is_err(),
+            "an smessage without a bulk payload is broken"
+        );
+        // Cut anywhere, an smessage is incomplete, never another frame.
+        let full = b"*3\r\n$8\r\nsmessage\r\n$7\r\nbench.3\r\n$5\r\nabcde\r\n";
+        for cut in 0..full.len() {
+            assert_eq!(next_frame(Dialect::RespCluster, &full[..cut]).ok(), Some(None), "{cut}");
+        }
+        assert_eq!(
+            next_frame(Dialect::RespCluster, full).ok(),
+            Some(Some((Frame::Message(b"abcde"), full.len())))
+        );
+    }
+
+    #[test]
     fn the_delivery_head_is_what_each_parser_reads_as_a_message() {
-        for d in [Dialect::Crier, Dialect::Resp, Dialect::Nats] {
+        for d in [Dialect::Crier, Dialect::Resp, Dialect::RespCluster, Dialect::Nats] {
             let mut b = delivery_head(d, "bench.12", 5);
             b.extend_from_slice(b"abcde\r\n");
             assert_eq!(all(d, &b), vec![Frame::Message(b"abcde")], "{d:?}");
@@ -600,7 +652,7 @@ mod tests {
     #[test]
     fn encoders() {
         let h = Header { publisher: 1, seq: 2, sent_ns: 3 };
-        for d in [Dialect::Crier, Dialect::Resp, Dialect::Nats] {
+        for d in [Dialect::Crier, Dialect::Resp, Dialect::RespCluster, Dialect::Nats] {
             let e = Encoder::new(d, 2, 48, false);
             let mut b = BytesMut::new();
             e.encode(&mut b, 1, h);
@@ -609,5 +661,8 @@ mod tests {
             assert!(text.contains("bench.1"), "{text}");
             assert!(text.ends_with("xxxxxxxx\r\n"), "{text}");
         }
+        let mut b = BytesMut::new();
+        Encoder::new(Dialect::RespCluster, 1, 40, false).encode(&mut b, 0, h);
+        assert!(b.starts_with(b"*3\r\n$8\r\nSPUBLISH\r\n$7\r\nbench.0\r\n$40\r\n"), "{b:?}");
     }
 }

@@ -98,7 +98,7 @@ impl Wire {
         Ok(match dialect {
             Dialect::Crier => Wire::WsMessages(WsMessages { buf, frag: Vec::new(), frag_op: None }),
             Dialect::Nats => Wire::WsStream { dialect, buf, deframer: ws::Deframer::default() },
-            Dialect::Resp => bail!("Redis has no WebSocket transport"),
+            Dialect::Resp | Dialect::RespCluster => bail!("Redis has no WebSocket transport"),
         })
     }
 
@@ -443,6 +443,37 @@ mod tests {
             let (seen, out, err) = run(wire, &input, cut);
             assert_eq!(seen, ["msg abcd", "msg xy", "msg efgh"], "cut at {cut}");
             assert_eq!((out, err), (b"PONG\r\n".repeat(3), None));
+        }
+    }
+
+    #[test]
+    fn expected_shard_channel_deliveries_read_as_parsed_at_every_split() {
+        // A Redis Cluster master's smessage pushes: of the expected size,
+        // of another size, on another channel, then a reply; the fast path
+        // agrees with the parser wherever the read was cut.
+        let head = |ch, size| crate::targets::delivery_head(Dialect::RespCluster, ch, size);
+        let mut input = Vec::new();
+        for (ch, payload) in [
+            ("bench.4", &b"abcd"[..]),
+            ("bench.4", b"xy"),
+            ("bench.44", b"wxyz"),
+            ("bench.4", b"efgh"),
+        ] {
+            input.extend_from_slice(&head(ch, payload.len()));
+            input.extend_from_slice(payload);
+            input.extend_from_slice(b"\r\n");
+        }
+        input.extend_from_slice(b"*2\r\n$4\r\npong\r\n$0\r\n\r\n");
+        for cut in 0..=input.len() {
+            let mut wire = Wire::tcp(Dialect::RespCluster, BytesMut::new());
+            wire.expect(Expected { head: head("bench.4", 4), size: 4 });
+            let (seen, out, err) = run(wire, &input, cut);
+            assert_eq!(
+                seen,
+                ["msg abcd", "msg xy", "msg wxyz", "msg efgh", "Pong"],
+                "cut at {cut}"
+            );
+            assert_eq!((out, err), (Vec::new(), None));
         }
     }
 
