@@ -48,6 +48,17 @@ impl Transport {
 }
 
 type Labels<const N: usize> = [(&'static str, &'static str); N];
+/// `node="HOST:PORT"`: a Redis node, as the cluster announces it.
+type NodeLabel = [(&'static str, String); 1];
+
+/// The counters of one Redis node, held by the subscriber so that an event
+/// costs no lookup in the family. Counters are never removed, so these
+/// handles stay the ones rendered.
+#[derive(Debug, Clone, Default)]
+pub struct RedisNode {
+    pub reconnects: Counter,
+    pub gaps: Counter,
+}
 
 /// See the module documentation.
 pub struct Metrics {
@@ -59,12 +70,25 @@ pub struct Metrics {
     pub subscriptions: Gauge,
     /// Channels plus patterns with at least one subscriber on this node.
     pub channels: Gauge,
-    /// 1 while the Redis backend is connected (always 0 with the embedded one).
-    pub redis_connected: Gauge,
-    pub redis_reconnects: Counter,
-    /// Gap signals: a channel or pattern whose subscribers were told that
-    /// messages may have been lost.
-    pub redis_gaps: Counter,
+    /// Per Redis node (`node="HOST:PORT"`): 1 while its subscription
+    /// connection is up and resubscribed, 0 while it is not. Labelled, so
+    /// that on a cluster the operator sees which master is out; a node that
+    /// left the cluster's map has no series (it is not wanted, so it is
+    /// not down).
+    redis_connected: Family<NodeLabel, Gauge>,
+    /// Per Redis node: its subscription connection was lost.
+    redis_reconnects: Family<NodeLabel, Counter>,
+    /// Per Redis node: gap signals (a channel or pattern whose subscribers
+    /// were told that messages may have been lost), counted against the
+    /// node the channel left.
+    redis_gaps: Family<NodeLabel, Counter>,
+    /// The Redis nodes this node subscribes through (1 for `--redis`, the
+    /// masters of the latest map for `--redis-cluster`, 0 with the embedded
+    /// broker): with `redis_nodes_connected`, one figure per crier node that
+    /// reads the same for a single Redis and a cluster.
+    pub redis_nodes: Gauge,
+    /// Of `redis_nodes`, those whose `redis_connected` is 1.
+    pub redis_nodes_connected: Gauge,
     pub http_publishes: Counter,
     /// Payload bytes kept in the embedded history.
     pub history_bytes: Gauge,
@@ -114,23 +138,35 @@ impl Metrics {
             "Accepted POST /publish requests",
             http_publishes.clone(),
         );
-        let redis_connected = Gauge::default();
+        let redis_connected = Family::<NodeLabel, Gauge>::default();
         registry.register(
             "redis_connected",
-            "1 while the Redis backend is connected, else 0",
+            "1 while the subscription connection to this Redis node is up and resubscribed, else 0",
             redis_connected.clone(),
         );
-        let redis_reconnects = Counter::default();
+        let redis_reconnects = Family::<NodeLabel, Counter>::default();
         registry.register(
             "redis_reconnects",
-            "Times the Redis connection was lost and reopened",
+            "Times the subscription connection to this Redis node was lost",
             redis_reconnects.clone(),
         );
-        let redis_gaps = Counter::default();
+        let redis_gaps = Family::<NodeLabel, Counter>::default();
         registry.register(
             "redis_gaps",
-            "Channels and patterns whose subscribers were told messages may be lost (Redis cut this node off)",
+            "Channels and patterns whose subscribers were told messages may be lost, by the Redis node they left",
             redis_gaps.clone(),
+        );
+        let redis_nodes = Gauge::default();
+        registry.register(
+            "redis_nodes",
+            "Redis nodes this node subscribes through (the masters, on a cluster)",
+            redis_nodes.clone(),
+        );
+        let redis_nodes_connected = Gauge::default();
+        registry.register(
+            "redis_nodes_connected",
+            "Of crier_redis_nodes, those whose crier_redis_connected is 1",
+            redis_nodes_connected.clone(),
         );
         let history_bytes = Gauge::default();
         registry.register(
@@ -148,7 +184,34 @@ impl Metrics {
             redis_connected,
             redis_reconnects,
             redis_gaps,
+            redis_nodes,
+            redis_nodes_connected,
             http_publishes,
+        }
+    }
+
+    /// The counters of Redis node `node` (`HOST:PORT`), their series made
+    /// at 0 on the first call: a counter that appears with its first
+    /// increment would hide that increment from `increase()`.
+    pub fn redis_node(&self, node: &str) -> RedisNode {
+        let label = [("node", node.to_string())];
+        RedisNode {
+            reconnects: self.redis_reconnects.get_or_create_owned(&label),
+            gaps: self.redis_gaps.get_or_create_owned(&label),
+        }
+    }
+
+    /// Sets Redis node `node`'s `crier_redis_connected`; `None` removes its
+    /// series (the node left the cluster's map: nobody wants it connected).
+    pub fn redis_connected(&self, node: &str, connected: Option<bool>) {
+        let label = [("node", node.to_string())];
+        match connected {
+            Some(connected) => {
+                self.redis_connected.get_or_create(&label).set(i64::from(connected));
+            }
+            None => {
+                self.redis_connected.remove(&label);
+            }
         }
     }
 
@@ -263,9 +326,39 @@ mod tests {
             "# TYPE crier_deliveries counter",
             "crier_sent_bytes_total",
             "crier_messages_published_total",
-            "crier_redis_connected 0",
+            "crier_redis_nodes 0",
+            "crier_redis_nodes_connected 0",
         ] {
             assert!(text.contains(expected), "{expected} missing from:\n{text}");
         }
+    }
+
+    #[test]
+    fn redis_series_are_per_node_and_a_node_leaving_removes_its_gauge() {
+        let metrics = Metrics::new();
+        // Embedded: no node, no series.
+        assert!(!metrics.render().contains("crier_redis_connected{"));
+        let node = metrics.redis_node("10.0.0.1:6379");
+        metrics.redis_node("10.0.0.2:6379");
+        node.reconnects.inc();
+        node.gaps.inc();
+        metrics.redis_connected("10.0.0.1:6379", Some(false));
+        metrics.redis_connected("10.0.0.2:6379", Some(true));
+        let text = metrics.render();
+        for expected in [
+            "crier_redis_connected{node=\"10.0.0.1:6379\"} 0",
+            "crier_redis_connected{node=\"10.0.0.2:6379\"} 1",
+            "crier_redis_reconnects_total{node=\"10.0.0.1:6379\"} 1",
+            "crier_redis_reconnects_total{node=\"10.0.0.2:6379\"} 0",
+            "crier_redis_gaps_total{node=\"10.0.0.1:6379\"} 1",
+            "crier_redis_gaps_total{node=\"10.0.0.2:6379\"} 0",
+        ] {
+            assert!(text.lines().any(|l| l == expected), "{expected} missing from:\n{text}");
+        }
+        metrics.redis_connected("10.0.0.1:6379", None);
+        let text = metrics.render();
+        assert!(!text.contains("crier_redis_connected{node=\"10.0.0.1:6379\"}"), "{text}");
+        // Its counters stay: what happened before it left still counts.
+        assert!(text.contains("crier_redis_reconnects_total{node=\"10.0.0.1:6379\"} 1"), "{text}");
     }
 }

@@ -1,7 +1,8 @@
 //! `--redis-cluster` against a real Redis Cluster (3 masters, 3 replicas,
 //! `redis-cli --cluster create`) and real `crier` processes: delivery across
 //! slots and nodes, a master killed and its replica promoted, a slot moved
-//! while subscribers receive, and patterns refused. The rule checked
+//! while subscribers receive, patterns refused, and the per-master
+//! metrics naming a master that is down. The rule checked
 //! throughout: every message confirmed to its publisher reaches each
 //! subscriber, or that subscriber got the gap signal.
 
@@ -156,6 +157,19 @@ impl Cluster {
         masters
     }
 
+    /// The port of `master`'s replica.
+    fn replica_of(&self, master: u16) -> u16 {
+        let id = cli(master, &["CLUSTER", "MYID"]);
+        let port = self.alive().next().expect("a live node");
+        let nodes = cli(port, &["CLUSTER", "NODES"]);
+        let replica = nodes.lines().find_map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let follows = fields.len() > 3 && fields[2].contains("slave") && fields[3] == id;
+            follows.then(|| fields[1].split(['@', ':']).nth(1)?.parse().ok())?
+        });
+        replica.expect("a replica of every master")
+    }
+
     /// SIGKILL: the master vanishes as in a crash.
     fn kill(&mut self, port: u16) {
         let index = self.ports.iter().position(|p| *p == port).expect("a node of the cluster");
@@ -240,6 +254,31 @@ fn wait_shard_subscribers(server: &Server, port: u16, channel: &str, count: usiz
             "{channel} never had {count} subscribers on {port}; the node's log:\n{}",
             server.log_now()
         );
+        thread::sleep(POLL);
+    }
+}
+
+/// `name{node="127.0.0.1:port"} value`: a line of `/metrics` about the
+/// cluster node on `port`.
+fn series(name: &str, port: u16, value: u64) -> String {
+    format!("{name}{{node=\"127.0.0.1:{port}\"}} {value}")
+}
+
+/// `text` holds `line` as a whole line.
+fn has(text: &str, line: &str) -> bool {
+    text.lines().any(|l| l == line)
+}
+
+/// Polls `/metrics` until `done` holds for one scrape; returns that scrape
+/// (the metrics change with no event to await).
+fn scrape_until(server: &Server, what: &str, done: impl Fn(&str) -> bool) -> String {
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        let text = web::get(server.http(), "/metrics").text();
+        if done(&text) {
+            return text;
+        }
+        assert!(Instant::now() < deadline, "/metrics never showed {what}:\n{text}");
         thread::sleep(POLL);
     }
 }
@@ -559,4 +598,80 @@ fn a_slot_moved_while_subscribers_receive() {
     });
     let offset: u64 = last_id.and_then(|id| id.split(':').nth(1)?.parse().ok()).expect("an id");
     assert_eq!(offset as usize, on_kept.len() + 2, "every confirmed message kept its offset");
+}
+
+#[test]
+fn the_metrics_name_the_master_that_is_down() {
+    let mut cluster = Cluster::start();
+    let masters = cluster.masters();
+    let (victim, survivors) = (masters[0], &masters[1..]);
+    // The victim's replica waits to be told before it takes over: the dead
+    // master stays in the map for as long as the test looks at it.
+    let replica = cluster.replica_of(victim);
+    assert_eq!(cli(replica, &["CONFIG", "SET", "cluster-replica-no-failover", "yes"]), "OK");
+    let on_victim = channel_on(&cluster, victim, "plain.");
+    let elsewhere = channel_on(&cluster, survivors[0], "plain.");
+    let server = node(&cluster, &[]);
+    let mut client = v(&server, 2);
+    client.send(format!("SUBSCRIBE {on_victim} {elsewhere}\r\n").as_bytes());
+    client.expect_line(b"CONFIRMED");
+    client.expect_line(b"CONFIRMED");
+
+    let up = scrape_until(&server, "three masters connected", |text| {
+        has(text, "crier_redis_nodes_connected 3")
+    });
+    assert!(has(&up, "crier_redis_nodes 3"), "{up}");
+    for &master in &masters {
+        for line in [
+            series("crier_redis_connected", master, 1),
+            series("crier_redis_reconnects_total", master, 0),
+            series("crier_redis_gaps_total", master, 0),
+        ] {
+            assert!(has(&up, &line), "{line} missing from:\n{up}");
+        }
+    }
+
+    cluster.kill(victim);
+    // The gap is counted before its signal is sent.
+    assert_eq!(event(&mut client), Event::Gap(on_victim.clone()));
+    let down = scrape_until(&server, "the killed master disconnected", |text| {
+        has(text, &series("crier_redis_connected", victim, 0))
+            && has(text, "crier_redis_nodes_connected 2")
+    });
+    assert!(has(&down, "crier_redis_nodes 3"), "{down}");
+    for line in [
+        series("crier_redis_reconnects_total", victim, 1),
+        series("crier_redis_gaps_total", victim, 1),
+    ] {
+        assert!(has(&down, &line), "{line} missing from:\n{down}");
+    }
+    for &master in survivors {
+        for line in [
+            series("crier_redis_connected", master, 1),
+            series("crier_redis_reconnects_total", master, 0),
+            series("crier_redis_gaps_total", master, 0),
+        ] {
+            assert!(has(&down, &line), "{line} missing from:\n{down}");
+        }
+    }
+
+    // The replica takes over: the dead master leaves the map, and its
+    // gauge with it (its counters stay); the new master is connected.
+    assert_eq!(cli(replica, &["CONFIG", "SET", "cluster-replica-no-failover", "no"]), "OK");
+    cluster.wait_ok();
+    assert_eq!(cluster.master_of(slot(on_victim.as_bytes())), replica);
+    let gone = format!("crier_redis_connected{{node=\"127.0.0.1:{victim}\"}}");
+    let after = scrape_until(&server, "the promoted replica connected", |text| {
+        has(text, &series("crier_redis_connected", replica, 1))
+            && has(text, "crier_redis_nodes_connected 3")
+            && !text.contains(&gone)
+    });
+    assert!(has(&after, "crier_redis_nodes 3"), "{after}");
+    assert!(has(&after, &series("crier_redis_reconnects_total", victim, 1)), "{after}");
+    for &master in survivors {
+        assert!(has(&after, &series("crier_redis_connected", master, 1)), "{after}");
+    }
+    // And the victim's channel is served again, by the promoted replica.
+    publish_confirmed(&mut server.connect(), &on_victim, "after");
+    until(&mut client, &[(on_victim.as_str(), "after")]);
 }

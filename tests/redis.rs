@@ -1,7 +1,7 @@
 //! The Redis backend against a real `redis-server` on a free loopback port.
 
 mod common;
-use common::{Client, Redis, Server, TlsFiles};
+use common::{Client, Redis, Server, TlsFiles, web};
 use std::thread;
 
 fn node(redis: &Redis) -> Server {
@@ -119,6 +119,12 @@ fn redis_killed_and_restarted() {
     let mut client = server.connect_v2();
     client.command("SUBSCRIBE kept", "CONFIRMED");
     client.command("PSUBSCRIBE kept.*", "CONFIRMED");
+    // One Redis: one node, labelled as a cluster's masters are.
+    let http = server.http();
+    let node = format!("{{node=\"127.0.0.1:{}\"}}", redis.port);
+    web::wait_metric(http, &format!("crier_redis_connected{node} 1"));
+    web::wait_metric(http, "crier_redis_nodes_connected 1");
+    web::wait_metric(http, "crier_redis_nodes 1");
 
     redis.kill();
     server.wait_log("redis: connection lost");
@@ -131,9 +137,18 @@ fn redis_killed_and_restarted() {
     client.command("SUBSCRIBE new", "ERR backend unavailable");
     client.command("PUBLISH kept x", "ERR backend unavailable");
     server.wait_log("retrying in");
+    web::wait_metric(http, &format!("crier_redis_connected{node} 0"));
+    web::wait_metric(http, "crier_redis_nodes_connected 0");
+    web::wait_metric(http, &format!("crier_redis_reconnects_total{node} 1"));
+    // One per subscription of the node: the channel and the pattern.
+    web::wait_metric(http, &format!("crier_redis_gaps_total{node} 2"));
 
     redis.restart();
     server.wait_log("redis: connected; 2 channels and patterns subscribed");
+    web::wait_metric(http, &format!("crier_redis_connected{node} 1"));
+    web::wait_metric(http, "crier_redis_nodes_connected 1");
+    // Failed attempts while Redis was down are not reconnects.
+    web::wait_metric(http, &format!("crier_redis_reconnects_total{node} 1"));
     assert_eq!(redis.publish(b"kept", b"back"), 1);
     assert_eq!(client.push_v2(), (None, b"kept".to_vec(), b"back".to_vec()));
     assert_eq!(redis.publish(b"kept.too", b"p"), 1);

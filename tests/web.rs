@@ -338,9 +338,13 @@ fn health_readiness_metrics_and_the_page() {
         "crier_channels 1",
         "crier_messages_published_total 1",
         "crier_deliveries_total 2",
+        // The embedded broker: no Redis node, so no per-node series.
+        "crier_redis_nodes 0",
+        "crier_redis_nodes_connected 0",
     ] {
         assert!(text.contains(expected), "{expected} missing from\n{text}");
     }
+    assert!(!text.contains("crier_redis_connected{"), "{text}");
     ws.send("QUIT");
     ws.expect_text("BYE");
     ws.expect_close();

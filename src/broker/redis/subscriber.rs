@@ -129,6 +129,11 @@ pub struct Subscriber {
     /// Where connection attempts report.
     opened: mpsc::UnboundedSender<Opened>,
     arrivals: Option<mpsc::UnboundedReceiver<Opened>>,
+    /// History channels that left their node's connection and wait for
+    /// their refill: the node they left, which a refill that cannot be
+    /// complete counts its gap against (the refill itself may be read at
+    /// another master, after a failover).
+    left: HashMap<Bytes, usize>,
     /// `redis: connected` was logged since the last loss.
     announced: bool,
 }
@@ -148,6 +153,16 @@ struct Node {
     /// It serves slots in the latest map (a single Redis always does):
     /// only such nodes are connected to.
     serving: bool,
+    /// `HOST:PORT`: the `node` label of its metrics.
+    label: String,
+    /// Its `crier_redis_reconnects_total` and `crier_redis_gaps_total`.
+    counters: metrics::RedisNode,
+    /// Its connection is up and has had, since it opened, a moment with no
+    /// reply outstanding: what it carries was resubscribed. What
+    /// `crier_redis_connected` reports (see [`Subscriber::report`]).
+    ready: bool,
+    /// What `crier_redis_connected` says of it now; `None`: no series.
+    reported: Option<bool>,
 }
 
 impl Subscriber {
@@ -175,6 +190,7 @@ impl Subscriber {
             placed: HashMap::new(),
             opened,
             arrivals: Some(arrivals),
+            left: HashMap::new(),
             announced: false,
         };
         if let Layout::Single(target) = &subscriber.layout {
@@ -197,6 +213,7 @@ impl Subscriber {
             self.open_links();
             self.write_all().await;
             self.announce();
+            self.report();
             tokio::select! {
                 (index, chunk) = read_any(&mut self.nodes) => match chunk {
                     // Everything read before the end is handled first.
@@ -392,7 +409,7 @@ impl Subscriber {
                 "redis cluster: channel {} moved; resubscribing at its new master",
                 String::from_utf8_lossy(&topic.name)
             );
-            self.displace(&topic, &mut flush);
+            self.displace(&topic, index, &mut flush);
         }
         flush.run();
         for index in 0..self.nodes.len() {
@@ -405,12 +422,15 @@ impl Subscriber {
         self.place_waiting();
     }
 
-    /// `topic` left its connection: until it is subscribed again, its
-    /// subscribers are told of the gap, or (history) refilled afterwards.
-    fn displace(&mut self, topic: &Topic, flush: &mut Flush) {
+    /// `topic` left the connection of node `from`: until it is subscribed
+    /// again, its subscribers are told of the gap, or (history) refilled
+    /// afterwards.
+    fn displace(&mut self, topic: &Topic, from: usize, flush: &mut Flush) {
         self.placed.remove(topic);
-        if !self.last.contains_key(&topic.name) || topic.kind == Kind::Pattern {
-            self.gap(topic, flush);
+        if topic.kind == Kind::Channel && self.last.contains_key(&topic.name) {
+            self.left.insert(topic.name.clone(), from);
+        } else {
+            self.gap(topic, from, flush);
         }
         self.refresh();
     }
@@ -430,8 +450,7 @@ impl Subscriber {
         self.abandon(link);
         self.health.subscribed.store(false, Ordering::Relaxed);
         self.announced = false;
-        metrics::get().redis_connected.set(0);
-        metrics::get().redis_reconnects.inc();
+        self.nodes[index].counters.reconnects.inc();
         match &self.layout {
             Layout::Single(_) => tracing::warn!("redis: connection lost; reconnecting"),
             Layout::Cluster(_) => tracing::warn!(
@@ -447,7 +466,7 @@ impl Subscriber {
             .collect();
         let mut flush = Flush::default();
         for topic in topics {
-            self.displace(&topic, &mut flush);
+            self.displace(&topic, index, &mut flush);
         }
         flush.run();
         self.refresh();
@@ -479,7 +498,6 @@ impl Subscriber {
             self.announced = true;
             // Once every resubscription is acknowledged and publishing
             // works too: tests and operators take this line as "ready".
-            metrics::get().redis_connected.set(1);
             match &self.layout {
                 Layout::Single(_) => tracing::info!(
                     "redis: connected; {} channels and patterns subscribed",
@@ -491,6 +509,39 @@ impl Subscriber {
                     self.wanted.len()
                 ),
             }
+        }
+    }
+
+    /// Brings the Redis metrics in line with the nodes, once per turn of
+    /// the loop rather than at each place a connection comes or goes, so
+    /// that they cannot disagree with the state they describe. A node is
+    /// reported connected once its connection has had no reply outstanding
+    /// (what it carries resubscribed), and until that connection is gone; a
+    /// node that serves nothing in the latest map loses its
+    /// `crier_redis_connected` series: it is not wanted, so not down (an
+    /// alert on 0 would fire forever after every failover), and its
+    /// counters stay. It runs once per chunk read, so it touches no shared
+    /// metric unless a node's state changed.
+    fn report(&mut self) {
+        let metrics = metrics::get();
+        let (mut serving, mut connected, mut changed) = (0, 0, false);
+        for node in &mut self.nodes {
+            node.ready = match &node.link {
+                None => false,
+                Some(link) => node.ready || link.awaiting.is_empty(),
+            };
+            let now = node.serving.then_some(node.ready);
+            if now != node.reported {
+                metrics.redis_connected(&node.label, now);
+                node.reported = now;
+                changed = true;
+            }
+            serving += i64::from(node.serving);
+            connected += i64::from(now == Some(true));
+        }
+        if changed {
+            metrics.redis_nodes.set(serving);
+            metrics.redis_nodes_connected.set(connected);
         }
     }
 
@@ -614,7 +665,7 @@ impl Subscriber {
                         String::from_utf8_lossy(channel)
                     );
                     link.refilling.remove(&topic.name);
-                    self.displace(&topic, flush);
+                    self.displace(&topic, link.node, flush);
                 }
             }
             [
@@ -722,7 +773,7 @@ impl Subscriber {
                 }
                 if link.shard && self.placed.get(&topic) == Some(&link.node) {
                     link.refilling.remove(&topic.name);
-                    self.displace(&topic, flush);
+                    self.displace(&topic, link.node, flush);
                 }
             }
             Awaiting::Unsubscribed(_) => {}
@@ -733,7 +784,8 @@ impl Subscriber {
                 // moved) is refilled where it went, from the same message.
                 let topic = Topic::channel(channel);
                 if self.placed.get(&topic) == Some(&link.node) {
-                    self.refilled(topic.name, &since, reply, flush);
+                    let from = self.left.remove(&topic.name).unwrap_or(link.node);
+                    self.refilled(topic.name, &since, reply, from, flush);
                 }
             }
         }
@@ -785,8 +837,16 @@ impl Subscriber {
     }
 
     /// A history channel's read after a reconnect: the messages missed
-    /// meanwhile go to its subscribers, or they are told of the gap.
-    fn refilled(&mut self, channel: Bytes, since: &Position, reply: &Value<'_>, flush: &mut Flush) {
+    /// meanwhile go to its subscribers, or they are told of the gap
+    /// (counted against node `from`, whose connection it left).
+    fn refilled(
+        &mut self,
+        channel: Bytes,
+        since: &Position,
+        reply: &Value<'_>,
+        from: usize,
+        flush: &mut Flush,
+    ) {
         let missed = Read::parse(reply).map(|read| {
             let position = read.position.clone();
             (read.after(since, &self.history), position)
@@ -800,12 +860,12 @@ impl Subscriber {
                 self.set_last(&channel, position);
             }
             Some((None, position)) => {
-                self.gap(&Topic::channel(channel.clone()), flush);
+                self.gap(&Topic::channel(channel.clone()), from, flush);
                 self.set_last(&channel, position);
             }
             None => {
                 tracing::warn!("redis: crier_read failed: {}", describe(reply));
-                self.gap(&Topic::channel(channel), flush);
+                self.gap(&Topic::channel(channel), from, flush);
             }
         }
     }
@@ -816,8 +876,12 @@ impl Subscriber {
         }
     }
 
-    fn gap(&self, topic: &Topic, flush: &mut Flush) {
-        metrics::get().redis_gaps.inc();
+    /// Tells `topic`'s subscribers that messages may have been lost,
+    /// counted against node `from`: the one whose connection it left.
+    fn gap(&self, topic: &Topic, from: usize, flush: &mut Flush) {
+        if let Some(node) = self.nodes.get(from) {
+            node.counters.gaps.inc();
+        }
         self.registry.gap(topic, flush);
     }
 
@@ -906,6 +970,7 @@ impl Subscriber {
                 self.placed.remove(topic);
                 if topic.kind == Kind::Channel {
                     self.last.remove(&topic.name);
+                    self.left.remove(&topic.name);
                 }
                 true
             }
@@ -937,6 +1002,8 @@ impl Subscriber {
 
 impl Node {
     fn new(target: Target) -> Node {
+        let label = label(&target.addr());
+        let counters = metrics::get().redis_node(&label);
         Node {
             target,
             link: None,
@@ -944,8 +1011,18 @@ impl Node {
             delay: Duration::ZERO,
             attempt: 0,
             serving: true,
+            label,
+            counters,
+            ready: false,
+            reported: None,
         }
     }
+}
+
+/// `HOST:PORT`, as Redis Cluster writes a node's address (an IPv6 host in
+/// brackets, so that the port stays readable).
+fn label((host, port): &Addr) -> String {
+    if host.contains(':') { format!("[{host}]:{port}") } else { format!("{host}:{port}") }
 }
 
 /// What whichever connection's reader read first: `(node, chunk)`, `None`
