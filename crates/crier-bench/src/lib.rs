@@ -701,6 +701,7 @@ pub async fn run(args: BenchArgs) -> Result<()> {
         gaps: sub_stats.iter().map(|s| s.gaps).sum(),
         reordered: sub_stats.iter().map(|s| s.reordered).sum(),
         corrupt: sub_stats.iter().map(|s| s.corrupt).sum(),
+        gap_signals: sub_stats.iter().map(|s| s.gap_signals).sum(),
         drained,
         deliver_s,
         deliveries_per_s: rate_of(received, deliver_s),

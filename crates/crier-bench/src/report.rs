@@ -143,6 +143,8 @@ pub struct Report {
     pub gaps: u64,
     pub reordered: u64,
     pub corrupt: u64,
+    /// Gap signals the subscribers received: losses the server reported.
+    pub gap_signals: u64,
     pub drained: bool,
     pub deliver_s: f64,
     pub deliveries_per_s: f64,
@@ -223,11 +225,12 @@ impl Report {
             self.received, self.expected, self.deliver_s, self.deliveries_per_s
         );
         println!(
-            "  integrity:  lost {} (sequence gaps {}), reordered {}, corrupt {}{}",
+            "  integrity:  lost {} (sequence gaps {}), reordered {}, corrupt {}, gap signals {}{}",
             self.lost,
             self.gaps,
             self.reordered,
             self.corrupt,
+            self.gap_signals,
             if self.drained { "" } else { " — gave up waiting (drain timeout)" }
         );
         let l = &self.latency;

@@ -76,6 +76,8 @@ pub struct Stats {
     pub reordered: u64,
     /// Payloads without a valid bench header.
     pub corrupt: u64,
+    /// Gap signals received (crier on Redis: see `Frame::Gap`).
+    pub gap_signals: u64,
     /// Time of the last delivery, ns since `Shared::start`.
     pub last_ns: u64,
     /// Why the connection ended early, if it did.
@@ -207,6 +209,7 @@ pub async fn run(
                     };
                     lat.push(now.saturating_sub(sent_ns));
                 }
+                Frame::Gap => st.gap_signals += 1,
                 Frame::Error(e) => {
                     st.error = Some(format!("server said {:?}", targets::show(e)));
                 }

@@ -111,6 +111,10 @@ pub enum Frame<'a> {
     Info,
     /// An error reply or notice (`ERR ...`, `-ERR ...`).
     Error(&'a [u8]),
+    /// crier's gap signal (`GAP ch`, `PGAP pat` in version 2): messages of
+    /// that channel may be lost (its Redis connection was cut). Counted,
+    /// so that a loss the server owned up to is told apart from one it did not.
+    Gap,
     /// Anything else (`+OK`, unknown lines): ignored.
     Other,
 }
@@ -189,6 +193,7 @@ fn crier_frame(buf: &[u8]) -> Result<Option<(Frame<'_>, usize)>> {
             b"CONFIRMED" | b"ALREADY SUBSCRIBED" => Frame::Ack,
             b"PONG" => Frame::Pong,
             l if l.starts_with(b"ERR") => Frame::Error(l),
+            l if l.starts_with(b"GAP ") || l.starts_with(b"PGAP ") => Frame::Gap,
             _ => Frame::Other,
         },
     };
@@ -549,11 +554,17 @@ mod tests {
 
     #[test]
     fn crier_pushes_and_replies() {
-        let b =
-            b"CONFIRMED\r\nMESSAGE bench.0 5\r\nab\r\nc\r\nERR slow consumer\r\nMESSAGE x 3\r\nab";
+        let b = b"CONFIRMED\r\nMESSAGE bench.0 5\r\nab\r\nc\r\nGAP bench.0\r\nPGAP b*\r\n\
+                  ERR slow consumer\r\nMESSAGE x 3\r\nab";
         assert_eq!(
             all(Dialect::Crier, b),
-            vec![Frame::Ack, Frame::Message(b"ab\r\nc"), Frame::Error(b"ERR slow consumer")]
+            vec![
+                Frame::Ack,
+                Frame::Message(b"ab\r\nc"),
+                Frame::Gap,
+                Frame::Gap,
+                Frame::Error(b"ERR slow consumer")
+            ]
         );
         assert!(next_frame(Dialect::Crier, b"MESSAGE x 3\r\nabcXY").is_err());
         assert!(next_frame(Dialect::Crier, b"MESSAGE x abc\r\nabc\r\n").is_err());
