@@ -1,8 +1,11 @@
 //! A connection's outbound queue: the one place where the broker (many
 //! producers, publishing) meets the connection's transport.
 //!
-//! Producers never wait. `push` and `deliver` append a shared `Bytes` under a
-//! short lock. The frames are then written, in order, by whoever gets there first:
+//! Producers never wait. `push` and `deliver` append a frame under a short
+//! lock: a large one as the shared `Bytes` every subscriber gets, a small one
+//! copied to the end of the outbox's open block, so that a burst of small
+//! messages is written as a few large slices (see `COPY_BELOW`). The frames
+//! are then written, in order, by whoever gets there first:
 //! - the producer itself, at the end of its burst of work (see [`Flush`]),
 //!   through [`Sink::try_write`]: on plain TCP it writes straight into the
 //!   socket without blocking, as Redis does, so an idle subscriber gets a

@@ -2,7 +2,8 @@
 //! the outbound pushes.
 //!
 //! A push is encoded once per message and per form, then the same `Bytes` is
-//! queued to every subscriber that wants that form: see `broker::registry`.
+//! offered to every subscriber that wants that form (see `broker::registry`);
+//! an outbox copies a small one into its open block (see `outbox`).
 
 use bytes::{BufMut, Bytes, BytesMut};
 
