@@ -397,29 +397,31 @@ pub async fn expect(
 
 const NATS_CONNECT: &[u8] = b"CONNECT {\"verbose\":false,\"pedantic\":false}";
 
-/// Subscribes a fresh connection to `channel` and returns once the server
-/// has confirmed it, so that every message published afterwards must arrive.
-/// crier over TCP switches to version 2 pushes (`HELLO 2`); over WebSocket
-/// it keeps version 1, where a delivery is one message holding the payload.
-/// An event stream is already subscribed: its request named the channel and
-/// its response head, read by [`super::sse::handshake`], confirmed it.
 /// What precedes the payload of a `size`-byte message on `channel` as the
 /// dialect delivers it to a subscriber of [`subscribe`] over TCP (crier in
 /// version 2).
 pub fn delivery_head(d: Dialect, channel: &str, size: usize) -> Vec<u8> {
     match d {
         Dialect::Crier => format!("MESSAGE {channel} {size}\r\n"),
-        Dialect::Resp => {
-            format!("*3\r\n$7\r\nmessage\r\n${}\r\n{channel}\r\n${size}\r\n", channel.len())
-        }
-        Dialect::RespCluster => {
-            format!("*3\r\n$8\r\nsmessage\r\n${}\r\n{channel}\r\n${size}\r\n", channel.len())
-        }
+        Dialect::Resp => resp_head("message", channel, size),
+        Dialect::RespCluster => resp_head("smessage", channel, size),
         Dialect::Nats => format!("MSG {channel} 1 {size}\r\n"),
     }
     .into_bytes()
 }
 
+/// A three-item RESP array up to its last bulk's length: `word`, `channel`,
+/// then a `size`-byte bulk (a `PUBLISH`, or a `message` push, without its payload).
+fn resp_head(word: &str, channel: &str, size: usize) -> String {
+    format!("*3\r\n${}\r\n{word}\r\n${}\r\n{channel}\r\n${size}\r\n", word.len(), channel.len())
+}
+
+/// Subscribes a fresh connection to `channel` and returns once the server
+/// has confirmed it, so that every message published afterwards must arrive.
+/// crier over TCP switches to version 2 pushes (`HELLO 2`); over WebSocket
+/// it keeps version 1, where a delivery is one message holding the payload.
+/// An event stream is already subscribed: its request named the channel and
+/// its response head, read by [`super::sse::handshake`], confirmed it.
 pub async fn subscribe(
     stream: &mut TcpStream,
     wire: &mut Wire,
@@ -508,13 +510,9 @@ impl Encoder {
                             bulk(&ch),
                         )
                     }
-                    Dialect::Resp => {
-                        format!("*3\r\n$7\r\nPUBLISH\r\n${}\r\n{ch}\r\n${size}\r\n", ch.len())
-                    }
+                    Dialect::Resp => resp_head("PUBLISH", &ch, size),
                     // To the channel's master (the publisher's connection).
-                    Dialect::RespCluster => {
-                        format!("*3\r\n$8\r\nSPUBLISH\r\n${}\r\n{ch}\r\n${size}\r\n", ch.len())
-                    }
+                    Dialect::RespCluster => resp_head("SPUBLISH", &ch, size),
                     Dialect::Nats => format!("PUB {ch} {size}\r\n"),
                 };
                 p.into_bytes().into_boxed_slice()
