@@ -2,6 +2,10 @@
 
 mod common;
 use common::{Client, Redis, Server, TlsFiles, web};
+use std::io::Write;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc;
 use std::thread;
 
 fn node(redis: &Redis) -> Server {
@@ -359,4 +363,61 @@ fn a_client_that_leaves_right_after_publishing_still_gets_its_replies() {
     for expected in [&b"one"[..], b"two", b"three"] {
         subscriber.expect_line(expected);
     }
+}
+
+#[test]
+fn sessions_answer_while_the_node_fans_out_a_backlog() {
+    // The node fans out what Redis sends on a thread of its own, so a
+    // backlog never holds the sessions: with a single runtime worker, a
+    // PUBLISH and a PING are answered while the flood is still being
+    // delivered. (The stall this guards against, seen in issue 11's
+    // overload runs when the fan-out ran on a worker, was a race between
+    // two workers; this test does not reproduce it on the old build.)
+    const SUBSCRIBERS: usize = 20;
+    const FLOOD: usize = 100_000;
+    let redis = Redis::start();
+    let server = Server::start_with_env(
+        &["--redis", &redis.url(), "--max-pending", "1073741824"],
+        &[("TOKIO_WORKER_THREADS", "1")],
+    );
+    server.wait_log("redis: connected");
+    let counts: Arc<Vec<AtomicUsize>> =
+        Arc::new((0..SUBSCRIBERS).map(|_| AtomicUsize::new(0)).collect());
+    let (begun, fan_out_begun) = mpsc::channel();
+    let readers: Vec<_> = (0..SUBSCRIBERS)
+        .map(|index| {
+            let mut subscriber = server.connect();
+            subscriber.command("SUBSCRIBE flood", "CONFIRMED");
+            let counts = Arc::clone(&counts);
+            let begun = begun.clone();
+            thread::spawn(move || {
+                for i in 0..FLOOD {
+                    assert_eq!(subscriber.line(), format!("flood {i}").into_bytes());
+                    counts[index].store(i + 1, Ordering::Relaxed);
+                    if i == 0 {
+                        let _ = begun.send(());
+                    }
+                }
+            })
+        })
+        .collect();
+    // The flood, pipelined straight into Redis on one connection.
+    let mut flood = std::net::TcpStream::connect(("127.0.0.1", redis.port)).unwrap();
+    let mut drain = flood.try_clone().unwrap();
+    let drained = thread::spawn(move || std::io::copy(&mut drain, &mut std::io::sink()));
+    let commands: Vec<u8> = (0..FLOOD)
+        .flat_map(|i| common::resp(&[b"PUBLISH", b"flood", format!("flood {i}").as_bytes()]))
+        .collect();
+    flood.write_all(&commands).unwrap();
+    fan_out_begun.recv().unwrap();
+    let mut side = server.connect();
+    side.command("PUBLISH side x", "CONFIRMED");
+    side.command("PING", "PONG");
+    let behind = counts.iter().filter(|count| count.load(Ordering::Relaxed) < FLOOD).count();
+    assert!(behind > 0, "the replies came only once the whole flood was delivered");
+    for reader in readers {
+        reader.join().expect("every subscriber gets the whole flood, in order");
+    }
+    flood.shutdown(std::net::Shutdown::Both).unwrap();
+    drained.join().unwrap().ok();
 }

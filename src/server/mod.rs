@@ -70,14 +70,18 @@ pub async fn run(
             start(listeners, broker, config).await
         }
         Some(servers) => {
+            let closing = listeners.closing.clone();
             let broker = RedisBroker::start(
                 servers,
                 config.max_channels,
                 config.redis_read_ahead,
                 config.history.clone(),
-                listeners.closing.clone(),
+                closing.clone(),
             )?;
-            start(listeners, broker, config).await
+            let served = start(listeners, Arc::clone(&broker), config).await;
+            closing.cancel();
+            broker.stopped().await;
+            served
         }
     }
 }

@@ -36,6 +36,7 @@ pub mod publisher;
 pub mod resp;
 pub mod subscriber;
 
+use anyhow::Context;
 use bytes::Bytes;
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -85,6 +86,8 @@ pub struct RedisBroker {
     target: String,
     /// A Redis Cluster: shard channels, no patterns.
     cluster: bool,
+    /// Cancelled when the subscription task's thread has ended.
+    stopped: CancellationToken,
 }
 
 /// Which Redis: `--redis URL` or `--redis-cluster URL[,URL...]`.
@@ -178,7 +181,8 @@ impl RedisBroker {
             read_ahead,
             shutdown,
         );
-        tokio::spawn(subscriber.run());
+        let stopped = CancellationToken::new();
+        subscriber.spawn(stopped.clone()).context("cannot start the redis thread")?;
         Ok(Arc::new(RedisBroker {
             registry,
             requests,
@@ -187,7 +191,14 @@ impl RedisBroker {
             health,
             target: described,
             cluster,
+            stopped,
         }))
+    }
+
+    /// Resolves once the subscription task has ended (after `shutdown`):
+    /// its thread uses the runtime, which must not be gone before it.
+    pub async fn stopped(&self) {
+        self.stopped.cancelled().await;
     }
 
     /// What a cluster cannot serve: patterns, and history channels whose

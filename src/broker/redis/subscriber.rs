@@ -14,11 +14,17 @@
 //! - after a reconnect, each history channel is read from the last message
 //!   this node delivered; messages that arrive before that reply are in it.
 //!
+//! The task is the node's whole fan-out of what Redis sends, so it runs on a
+//! thread of its own (`crier-redis`, see [`Subscriber::spawn`]): on a
+//! runtime worker, a backlog of seconds would hold that worker, and the
+//! sessions queued on it, as long (tokio does not preempt a task).
+//!
 //! A reader task reads from Redis ahead of the fan-out (up to
 //! `--redis-read-ahead` bytes not yet handled), so that a burst Redis sends
 //! faster than the node delivers waits here rather than in Redis's output
 //! buffer, where it would get the node cut off. Messages are parsed in place
-//! from the bytes read and delivered in batches: one flush per chunk.
+//! from the bytes read and delivered in batches: one flush per chunk, or per
+//! [`BATCH`] of chunks when the reader is ahead.
 //! When the connection is lost, subscribers of channels without history and
 //! of patterns are told at once that messages may be lost (`Outbox::gap`);
 //! channels with history are refilled after the reconnect, or told if that
@@ -62,6 +68,11 @@ use crate::protocol::reply::Error;
 /// How often the connection is checked with a PING, so that a silent
 /// network cut is noticed without waiting for traffic.
 const HEALTH_CHECK_EVERY: Duration = Duration::from_secs(1);
+/// Input handled before the deliveries are written out, at most: when the
+/// reader is ahead, the chunks it read are taken together, so that each
+/// subscriber's write carries many messages (one write per subscriber per
+/// batch); when it is not, each chunk is written out at once.
+const BATCH: usize = 256 * 1024;
 /// Reconnection backoff: first delay and cap (each delay is jittered).
 pub const BACKOFF_FIRST: Duration = Duration::from_millis(100);
 pub const BACKOFF_MAX: Duration = Duration::from_secs(5);
@@ -200,7 +211,19 @@ impl Subscriber {
         subscriber
     }
 
-    pub async fn run(mut self) {
+    /// Runs the task on its own thread, with the runtime of the caller for
+    /// its sockets, timers and the tasks it spawns; `stopped` is cancelled
+    /// when it ends (the runtime must outlive it).
+    pub fn spawn(self, stopped: CancellationToken) -> std::io::Result<()> {
+        let runtime = tokio::runtime::Handle::current();
+        std::thread::Builder::new().name("crier-redis".into()).spawn(move || {
+            let _stopped = stopped.drop_guard();
+            runtime.block_on(self.run());
+        })?;
+        Ok(())
+    }
+
+    async fn run(mut self) {
         let Some(mut arrivals) = self.arrivals.take() else { return };
         if matches!(self.layout, Layout::Cluster(_)) {
             self.reconcile();
@@ -577,13 +600,22 @@ impl Subscriber {
         self.history.size.saturating_mul(2).saturating_add(128)
     }
 
-    /// Handles every whole frame of what node `index`'s reader read.
+    /// Handles every whole frame of what node `index`'s reader read:
+    /// `chunk`, then the chunks already read after it, up to [`BATCH`] bytes
+    /// in all (the caller then writes the deliveries out).
     fn take_input(&mut self, index: usize, chunk: Bytes, flush: &mut Flush) -> Result<(), Lost> {
         let Some(mut link) = self.nodes[index].link.take() else { return Ok(()) };
+        let mut taken = chunk.len();
         link.take(chunk);
-        let taken = self.take_input_of(&mut link, flush);
+        let mut result = self.take_input_of(&mut link, flush);
+        while result.is_ok() && taken < BATCH {
+            let Ok(chunk) = link.chunks.try_recv() else { break };
+            taken += chunk.len();
+            link.take(chunk);
+            result = self.take_input_of(&mut link, flush);
+        }
         self.nodes[index].link = Some(link);
-        taken
+        result
     }
 
     fn take_input_of(&mut self, link: &mut Link, flush: &mut Flush) -> Result<(), Lost> {
