@@ -58,18 +58,13 @@ impl Layout {
             .iter()
             .map(|a| masters.iter().position(|m| m == a).ok_or_else(|| anyhow!("unknown master")))
             .collect::<Result<_>>()?;
-        Ok(Layout { masters: masters.into_iter().map(host_port).collect(), owner })
+        Ok(Layout { masters: masters.into_iter().map(cluster::host_port).collect(), owner })
     }
 
     /// The channels master `m` owns, in order.
     pub fn channels_of(&self, m: usize) -> Vec<usize> {
         (0..self.owner.len()).filter(|&c| self.owner[c] == m).collect()
     }
-}
-
-/// An announced address as `HOST:PORT` (an IPv6 host in brackets).
-fn host_port((host, port): &Addr) -> String {
-    if host.contains(':') { format!("[{host}]:{port}") } else { format!("{host}:{port}") }
 }
 
 /// Asks the seed node for the cluster's slots (`CLUSTER SLOTS`, RESP2).
@@ -203,12 +198,6 @@ mod tests {
         assert!(e.contains("cluster support disabled"), "{e}");
         assert!(map_of(b"*0\r\n").is_err(), "no master at all");
         assert!(map_of(b":3\r\n").is_err());
-    }
-
-    #[test]
-    fn ipv6_masters_are_bracketed() {
-        assert_eq!(host_port(&("::1".into(), 7001)), "[::1]:7001");
-        assert_eq!(host_port(&("10.0.0.1".into(), 7001)), "10.0.0.1:7001");
     }
 
     #[test]

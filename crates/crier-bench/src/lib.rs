@@ -400,6 +400,7 @@ pub async fn run(args: BenchArgs) -> Result<()> {
     } else {
         sub_conn.clone()
     };
+    let dialect = if layout.is_some() { Dialect::RespCluster } else { args.target.dialect() };
     let (pub_conn, pub_dialect, publish_via) = match &args.publish_redis {
         Some(spec) => {
             let raddr = redis_addr(spec)?;
@@ -408,12 +409,9 @@ pub async fn run(args: BenchArgs) -> Result<()> {
             let c = Connector::new(&raddr, 1, false, timeout).await?;
             (Arc::new(c), Dialect::Resp, format!("redis:{raddr}"))
         }
-        None if layout.is_some() => {
-            (native_conn.clone(), Dialect::RespCluster, "redis-cluster".to_string())
-        }
-        None => (native_conn.clone(), args.target.dialect(), args.target.name().to_string()),
+        None if layout.is_some() => (native_conn.clone(), dialect, "redis-cluster".to_string()),
+        None => (native_conn.clone(), dialect, args.target.name().to_string()),
     };
-    let dialect = if layout.is_some() { Dialect::RespCluster } else { args.target.dialect() };
     // The channels each server serves: one server, or each master of a cluster.
     let routes = match &layout {
         None => vec![Route {

@@ -73,6 +73,12 @@ pub fn slot(name: &[u8]) -> u16 {
 /// A node's address as the cluster announces it.
 pub type Addr = (String, u16);
 
+/// `HOST:PORT`, as Redis Cluster writes a node's address (an IPv6 host in
+/// brackets, so that the port stays readable).
+pub fn host_port((host, port): &Addr) -> String {
+    if host.contains(':') { format!("[{host}]:{port}") } else { format!("{host}:{port}") }
+}
+
 /// Which master serves each slot.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SlotMap {
@@ -319,6 +325,12 @@ pub fn redirected(error: &[u8]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ipv6_hosts_are_bracketed() {
+        assert_eq!(host_port(&("::1".into(), 7001)), "[::1]:7001");
+        assert_eq!(host_port(&("10.0.0.1".into(), 7001)), "10.0.0.1:7001");
+    }
 
     #[test]
     fn crc16_is_xmodem_with_redis_test_vector() {

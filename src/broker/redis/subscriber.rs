@@ -1034,7 +1034,7 @@ impl Subscriber {
 
 impl Node {
     fn new(target: Target) -> Node {
-        let label = label(&target.addr());
+        let label = cluster::host_port(&target.addr());
         let counters = metrics::get().redis_node(&label);
         Node {
             target,
@@ -1049,12 +1049,6 @@ impl Node {
             reported: None,
         }
     }
-}
-
-/// `HOST:PORT`, as Redis Cluster writes a node's address (an IPv6 host in
-/// brackets, so that the port stays readable).
-fn label((host, port): &Addr) -> String {
-    if host.contains(':') { format!("[{host}]:{port}") } else { format!("{host}:{port}") }
 }
 
 /// What whichever connection's reader read first: `(node, chunk)`, `None`
