@@ -269,20 +269,6 @@ fn has(text: &str, line: &str) -> bool {
     text.lines().any(|l| l == line)
 }
 
-/// Polls `/metrics` until `done` holds for one scrape; returns that scrape
-/// (the metrics change with no event to await).
-fn scrape_until(server: &Server, what: &str, done: impl Fn(&str) -> bool) -> String {
-    let deadline = Instant::now() + DEADLINE;
-    loop {
-        let text = web::get(server.http(), "/metrics").text();
-        if done(&text) {
-            return text;
-        }
-        assert!(Instant::now() < deadline, "/metrics never showed {what}:\n{text}");
-        thread::sleep(POLL);
-    }
-}
-
 /// What a version 2 or 3 subscriber reads.
 #[derive(Debug, PartialEq)]
 enum Event {
@@ -617,7 +603,7 @@ fn the_metrics_name_the_master_that_is_down() {
     client.expect_line(b"CONFIRMED");
     client.expect_line(b"CONFIRMED");
 
-    let up = scrape_until(&server, "three masters connected", |text| {
+    let up = web::wait_metrics(server.http(), "three masters connected", |text| {
         has(text, "crier_redis_nodes_connected 3")
     });
     assert!(has(&up, "crier_redis_nodes 3"), "{up}");
@@ -634,7 +620,7 @@ fn the_metrics_name_the_master_that_is_down() {
     cluster.kill(victim);
     // The gap is counted before its signal is sent.
     assert_eq!(event(&mut client), Event::Gap(on_victim.clone()));
-    let down = scrape_until(&server, "the killed master disconnected", |text| {
+    let down = web::wait_metrics(server.http(), "the killed master disconnected", |text| {
         has(text, &series("crier_redis_connected", victim, 0))
             && has(text, "crier_redis_nodes_connected 2")
     });
@@ -661,7 +647,7 @@ fn the_metrics_name_the_master_that_is_down() {
     cluster.wait_ok();
     assert_eq!(cluster.master_of(slot(on_victim.as_bytes())), replica);
     let gone = format!("crier_redis_connected{{node=\"127.0.0.1:{victim}\"}}");
-    let after = scrape_until(&server, "the promoted replica connected", |text| {
+    let after = web::wait_metrics(server.http(), "the promoted replica connected", |text| {
         has(text, &series("crier_redis_connected", replica, 1))
             && has(text, "crier_redis_nodes_connected 3")
             && !text.contains(&gone)

@@ -58,16 +58,22 @@ pub fn post_with_token(http: SocketAddr, path: &str, token: &str, body: &[u8]) -
     answer(request.header("Authorization", format!("Bearer {token}")).send(body))
 }
 
-/// Waits until `/metrics` shows `line` (the server's counters have no
-/// event to await, so this polls, bounded by the deadline).
+/// Waits until `/metrics` shows `line`.
 pub fn wait_metric(http: SocketAddr, line: &str) {
+    wait_metrics(http, line, |metrics| metrics.lines().any(|l| l == line));
+}
+
+/// Polls `/metrics` until `done` holds for one scrape, and returns that
+/// scrape (the server's counters have no event to await, so this polls,
+/// bounded by the deadline; `what` names the wait in the failure).
+pub fn wait_metrics(http: SocketAddr, what: &str, done: impl Fn(&str) -> bool) -> String {
     let started = std::time::Instant::now();
     loop {
         let metrics = get(http, "/metrics").text();
-        if metrics.lines().any(|l| l == line) {
-            return;
+        if done(&metrics) {
+            return metrics;
         }
-        assert!(started.elapsed() < DEADLINE, "/metrics never showed {line}:\n{metrics}");
+        assert!(started.elapsed() < DEADLINE, "/metrics never showed {what}:\n{metrics}");
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
 }
